@@ -1,0 +1,3 @@
+from imagen4ctl.cli import main
+
+main()

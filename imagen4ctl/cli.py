@@ -1,0 +1,106 @@
+"""Builds the Typer app and registers the commands — nothing else.
+
+Errors are translated once, here: an `Imagen4ctlError` becomes `error:`/`hint:` lines on
+stderr and its exit code; anything unexpected becomes one line too, unless `--debug`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from imagen4ctl import __version__
+from imagen4ctl.commands import check_config, db
+from imagen4ctl.context import AppContext
+from imagen4ctl.errors import Imagen4ctlError
+from imagen4ctl.output import print_error, register_secrets
+from imagen4ctl.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+_debug = False
+
+
+def guarded(fn: F) -> F:
+    """Run a command with imagen4ctl's error contract: one line, an exit code, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except Imagen4ctlError as e:
+            if _debug:
+                raise
+            print_error(e.message, e.hint)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            print_error("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as e:  # a bug: still one line for the user, the rest with --debug
+            if _debug:
+                raise
+            print_error(f"unexpected {type(e).__name__}: {e}",
+                        "Rerun with --debug for the traceback, and report it.")
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+app = typer.Typer(
+    name="imagen4ctl",
+    help="Operate an Imagen 4 image service on fal.ai: config, generation, stats, recovery.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"imagen4ctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+@guarded
+def root(
+    ctx: typer.Context,
+    env_file: Annotated[
+        Path | None,
+        typer.Option("--env-file", help="Read variables from this file (default: ./.env if "
+                     "present). The environment wins over it.", show_default=False),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    global _debug
+    _debug = debug
+    if ctx.resilient_parsing:
+        return
+    settings = Settings.load(env_file)
+    register_secrets(settings.secret_values())
+    ctx.obj = AppContext(settings, debug=debug)
+
+
+app.command("check-config")(guarded(check_config.check_config))
+db_app = typer.Typer(help="Database schema: create, upgrade, show the revision.",
+                     no_args_is_help=True)
+db_app.command("upgrade")(guarded(db.upgrade))
+db_app.command("current")(guarded(db.current))
+app.add_typer(db_app, name="db")
+
+
+def main() -> None:
+    app(prog_name="imagen4ctl")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

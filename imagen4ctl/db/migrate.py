@@ -1,0 +1,101 @@
+"""Alembic, run programmatically: upgrade, current revision, and adoption of the bot's table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Connection, inspect
+
+from imagen4ctl.db.models import REQUIRED_COLUMNS
+from imagen4ctl.db.session import Database, translate_errors
+from imagen4ctl.errors import SchemaError
+
+_SCRIPTS = Path(__file__).parent / "migrations"
+BASE_REVISION = "0001"  # the bot's own table: what an adopted table is stamped as
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    current: str | None
+    head: str
+    table_exists: bool
+    missing_columns: tuple[str, ...] = ()
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.current == self.head
+
+    @property
+    def adoptable(self) -> bool:
+        """The bot created `generations` without Alembic, with every required column."""
+        return self.table_exists and self.current is None and not self.missing_columns
+
+
+def _config(connection: Connection | None = None):  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(_SCRIPTS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def schema_state(db: Database) -> SchemaState:
+    from alembic.runtime.migration import MigrationContext
+
+    with translate_errors(db), db.engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+        inspector = inspect(connection)
+        exists = inspector.has_table("generations")
+        columns = {c["name"] for c in inspector.get_columns("generations")} if exists else set()
+    missing = tuple(c for c in REQUIRED_COLUMNS if c not in columns) if exists else ()
+    return SchemaState(current, head_revision(), exists, missing)
+
+
+@dataclass(frozen=True)
+class UpgradeResult:
+    before: str | None
+    after: str
+    adopted: bool
+
+
+def upgrade(db: Database) -> UpgradeResult:
+    """Bring the schema to head; a table the bot made without Alembic is checked and stamped."""
+    from alembic import command
+
+    state = schema_state(db)
+    if state.table_exists and state.current is None and state.missing_columns:
+        raise SchemaError(
+            "a generations table exists without imagen4ctl's migrations and lacks columns: "
+            + ", ".join(state.missing_columns),
+            hint="Compare it with the contract in README.md#the-generations-table.",
+        )
+    with translate_errors(db), db.engine.begin() as connection:
+        config = _config(connection)
+        if state.adoptable:
+            command.stamp(config, BASE_REVISION)
+        command.upgrade(config, "head")
+    return UpgradeResult(state.current, head_revision(), state.adoptable)
+
+
+def require_current(db: Database) -> None:
+    """Refuse to work on a schema that is missing or behind, with the command that fixes it."""
+    state = schema_state(db)
+    if not state.table_exists:
+        raise SchemaError(f"the generations table is missing in {db.describe()}",
+                          hint="Run `imagen4ctl db upgrade`.")
+    if not state.up_to_date:
+        raise SchemaError(
+            f"the schema of {db.describe()} is at {state.current or 'no revision'}, "
+            f"imagen4ctl needs {state.head}",
+            hint="Run `imagen4ctl db upgrade`.",
+        )

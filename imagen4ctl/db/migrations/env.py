@@ -1,0 +1,16 @@
+"""Alembic environment: always run programmatically with a connection from imagen4ctl."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from imagen4ctl.db.models import Base
+
+connection = context.config.attributes["connection"]
+context.configure(
+    connection=connection,
+    target_metadata=Base.metadata,
+    render_as_batch=connection.dialect.name == "sqlite",
+)
+with context.begin_transaction():
+    context.run_migrations()
