@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from imagen4ctl import __version__
-from imagen4ctl.commands import check_config, db
+from imagen4ctl.commands import check_config, db, generate, seed_gallery
 from imagen4ctl.context import AppContext
 from imagen4ctl.errors import Imagen4ctlError
 from imagen4ctl.output import print_error, register_secrets
@@ -91,6 +91,8 @@ def root(
 
 
 app.command("check-config")(guarded(check_config.check_config))
+app.command("generate")(guarded(generate.generate))
+app.command("seed-gallery")(guarded(seed_gallery.seed_gallery))
 db_app = typer.Typer(help="Database schema: create, upgrade, show the revision.",
                      no_args_is_help=True)
 db_app.command("upgrade")(guarded(db.upgrade))

@@ -9,13 +9,16 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from imagen4ctl.settings import Settings
+from imagen4ctl.errors import ConfigError
+from imagen4ctl.settings import Settings, export_fal_key
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from imagen4ctl.adapters.fal import FalAdapter
     from imagen4ctl.adapters.storage import Storage
     from imagen4ctl.db.session import Database
+    from imagen4ctl.services.generation import GenerationService
 
 
 @dataclass
@@ -45,6 +48,37 @@ class AppContext:
             yield session
 
     def storage(self, *, timeout: float = 10.0) -> Storage:
-        from imagen4ctl.adapters.storage import storage_from_settings
+        """The bucket when MINIO_ENDPOINT is set, else the local folder IMAGES_DIR."""
+        from imagen4ctl.adapters.storage import LocalStorage, S3Storage
 
-        return storage_from_settings(self.settings, timeout=timeout)
+        settings = self.settings
+        endpoint = settings.minio_endpoint
+        if endpoint is None:
+            return LocalStorage(settings.images_dir.absolute())
+        missing = [n for n in ("MINIO_ACCESS_KEY", "MINIO_SECRET_KEY") if settings.raw(n) is None]
+        if missing:
+            raise ConfigError(f"{' and '.join(missing)} not set for MINIO_ENDPOINT {endpoint}",
+                              hint=f"Set {' and '.join(missing)}, or unset MINIO_ENDPOINT.")
+        return S3Storage(endpoint, settings.raw("MINIO_ACCESS_KEY") or "",
+                         settings.raw("MINIO_SECRET_KEY") or "", settings.minio_bucket,
+                         secure=settings.minio_secure, timeout=timeout)
+
+    def fal(self) -> FalAdapter | None:
+        """A fal adapter with the resolved key (exported as FAL_KEY only if that is unset)."""
+        from imagen4ctl.adapters.fal import FalAdapter
+
+        key = self.settings.fal_key
+        if key.value is None or key.source is None or key.status == "fail":
+            return None
+        export_fal_key(key)
+        return FalAdapter(key.value, key_source=key.source)
+
+    def generation_service(self) -> GenerationService:
+        from imagen4ctl.services.generation import GenerationService
+
+        settings = self.settings
+        return GenerationService(
+            self.database, self.storage(), self.fal(), model=settings.model,
+            prefix=settings.images_prefix, max_image_bytes=settings.max_image_bytes,
+            trusted_hosts=settings.fal_hosts,
+        )

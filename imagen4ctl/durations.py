@@ -41,13 +41,16 @@ def parse_duration(text: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """`33h 4m`, `4m 10s`, `12s`: the two largest units, as an operator reads an age."""
+    """`33h 4m`, `4m 10s`, `12s`: the two largest units, as an operator reads an age.
+
+    Hours go up to 96 before days take over: "33h 4m" reads better than "1d 9h".
+    """
     total = max(0, int(seconds))
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
+    if total >= 96 * 3600:
+        days, rest = divmod(total, 86400)
+        return f"{days}d {rest // 3600}h"
+    hours, rest = divmod(total, 3600)
     minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
     if hours:
         return f"{hours}h {minutes}m"
     if minutes:

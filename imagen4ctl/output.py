@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -57,3 +59,41 @@ def info(message: str) -> None:
 STATUS_MARKS = {
     "ok": "[green]✓[/]", "warn": "[yellow]![/]", "fail": "[red]✗[/]", "skip": "[dim]-[/]",
 }
+
+
+@contextmanager
+def live_status(initial: str) -> Iterator[Callable[[str], None]]:
+    """A spinner line on a terminal, plain lines (each change once) when stderr is piped."""
+    if err_console.is_terminal:
+        with err_console.status(escape(initial)) as status:
+            yield lambda text: status.update(escape(text))
+        return
+    last: list[str] = []
+
+    def plain(text: str) -> None:
+        if not last or last[-1] != text:
+            last.append(text)
+            info(text)
+
+    plain(initial)
+    yield plain
+
+
+@contextmanager
+def progress_bar(total: int, description: str) -> Iterator[Callable[[str], None]]:
+    """One bar for a batch; advance it by calling the yielded function with a note."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    if not err_console.is_terminal:
+        done = [0]
+
+        def plain(note: str) -> None:
+            done[0] += 1
+            info(f"[{done[0]}/{total}] {note}")
+
+        yield plain
+        return
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err_console, transient=False) as progress:
+        task = progress.add_task(escape(description), total=total)
+        yield lambda _note: progress.advance(task)

@@ -383,6 +383,12 @@ class Settings:
                        parse_size)
 
     @property
+    def fal_hosts(self) -> frozenset[str]:
+        """Hosts of an explicitly configured fal (emulator, proxy): trusted for image URLs."""
+        hosts = (self.raw("FAL_RUN_HOST"), self.raw("FAL_QUEUE_RUN_HOST"))
+        return frozenset(urlsplit(f"//{h}").hostname or "" for h in hosts if h) - {""}
+
+    @property
     def default_user_id(self) -> str | None:
         return self.raw("IMAGEN4_USER_ID")
 

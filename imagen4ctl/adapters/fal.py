@@ -50,7 +50,9 @@ class _Unreachable(Exception):
 
 
 class _DeadlinePassed(Exception):
-    pass
+    def __init__(self, sent: bool = False) -> None:
+        super().__init__("deadline passed")
+        self.sent = sent  # whether the request may have reached fal before the deadline
 
 
 class Deadline:
@@ -111,7 +113,7 @@ class _BoundedTransport(httpx.BaseTransport):
             raise _Unreachable(e, sent=False) from e
         except httpx.TransportError as e:
             if deadline.passed:
-                raise _DeadlinePassed() from e
+                raise _DeadlinePassed(sent=True) from e
             raise _Unreachable(e, sent=True) from e
         if response.status_code in _RETRIED_STATUSES:
             # fal_client will sleep and retry; stop it here if that sleep would pass the deadline.
@@ -228,6 +230,11 @@ class FalAdapter:
         try:
             yield
         except _DeadlinePassed as e:
+            if submitting and e.sent:
+                raise FalSubmissionUnknown(
+                    "the deadline passed while fal was answering the submission",
+                    hint="`imagen4ctl fix-pending` finds it at fal instead of paying twice.",
+                ) from e
             raise FalTimeout(f"fal did not answer the {what} in time",
                              hint="Raise --timeout, or check fal's status page.") from e
         except _Unreachable as e:

@@ -1,0 +1,102 @@
+"""`imagen4ctl generate PROMPT`: one generation through the generation service."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+
+from imagen4ctl.context import AppContext
+from imagen4ctl.errors import UsageError
+from imagen4ctl.output import JsonOption, console, live_status, print_json
+
+if TYPE_CHECKING:
+    from imagen4ctl.services.generation import Outcome, Progress
+
+TimeoutOption = Annotated[
+    float | None,
+    typer.Option("--timeout", min=0.1, show_default=False,
+                 help="Deadline in seconds for the whole command, submission included "
+                 "(default: IMAGEN4_TIMEOUT, 5m)."),
+]
+UserIdOption = Annotated[
+    str | None,
+    typer.Option("--user-id", show_default=False,
+                 help="Whose generation it is (default: IMAGEN4_USER_ID)."),
+]
+
+
+def generate(
+    ctx: typer.Context,
+    prompt: Annotated[str, typer.Argument(help="What to draw.")],
+    user_id: UserIdOption = None,
+    aspect_ratio: Annotated[
+        str, typer.Option("--aspect-ratio", "-a", help="1:1, 16:9, 9:16, 3:4 or 4:3.")
+    ] = "1:1",
+    num_images: Annotated[int, typer.Option("--num-images", "-n", help="1 to 4.")] = 1,
+    seed: Annotated[int | None, typer.Option("--seed", show_default=False)] = None,
+    negative_prompt: Annotated[
+        str | None, typer.Option("--negative-prompt", show_default=False)
+    ] = None,
+    resolution: Annotated[
+        str | None, typer.Option("--resolution", help="1K or 2K.", show_default=False)
+    ] = None,
+    timeout: TimeoutOption = None,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="Submit, record the request id, and exit.")
+    ] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Generate images with Imagen 4 on fal and store them; exit 0 only when COMPLETED.
+
+    Example: imagen4ctl generate "A cat playing with a ball" --aspect-ratio 3:4 --user-id 42
+    """
+    from imagen4ctl.adapters.fal import Deadline
+    from imagen4ctl.services.generation import GenerationSpec
+
+    app = AppContext.from_typer(ctx)
+    spec = GenerationSpec(
+        user_id=resolve_user_id(app, user_id), prompt=prompt, aspect_ratio=aspect_ratio,
+        num_images=num_images, seed=seed, negative_prompt=negative_prompt,
+        resolution=resolution,
+    )
+    service = app.generation_service()
+    deadline = Deadline(timeout if timeout is not None else app.settings.timeout)
+    with live_status("preparing…") as show:
+        outcome = service.generate(spec, deadline, wait=not no_wait,
+                                   on_progress=lambda p: show(describe_progress(p)))
+    if json_out:
+        print_json(outcome.to_json())
+    else:
+        render_outcome(outcome)
+    if outcome.exception is not None:
+        raise outcome.exception
+
+
+def resolve_user_id(app: AppContext, user_id: str | None) -> str:
+    chosen = user_id if user_id is not None else app.settings.default_user_id
+    if chosen is None:
+        raise UsageError("no user id: pass --user-id or set IMAGEN4_USER_ID")
+    return chosen
+
+
+def describe_progress(progress: Progress) -> str:
+    where = f"generation {progress.generation_id}"
+    if progress.phase == "queued":
+        position = progress.queue_position
+        return f"{where}: in fal's queue" + (f" (position {position})" if position else "")
+    if progress.phase == "running":
+        return f"{where}: running" + (f" — {progress.detail}" if progress.detail else "")
+    return f"{where}: {progress.phase}" + (f" {progress.detail}" if progress.detail else "")
+
+
+def render_outcome(outcome: Outcome) -> None:
+    request = f" (fal request {outcome.fal_request_id})" if outcome.fal_request_id else ""
+    mark = {"COMPLETED": "[green]✓[/]", "FAILED": "[red]✗[/]"}.get(outcome.status, "[yellow]…[/]")
+    console.print(f"{mark} generation {outcome.id} {outcome.status} in {outcome.seconds:.1f}s"
+                  f"{escape(request)}", soft_wrap=True)
+    for image in outcome.images:
+        size = f"{image.width}x{image.height}" if image.width else "?x?"
+        console.print(f"  {escape(image.key)}  {size}  {image.size:,} bytes", soft_wrap=True)
+        console.print(f"  [dim]{escape(image.url)}[/]", soft_wrap=True)

@@ -1,0 +1,511 @@
+"""The one generation service: generate, seed-gallery and fix-pending all go through it.
+
+validate → preflight (key, schema, bucket: no row, nothing paid on failure) → row PENDING →
+mark the submission attempt → submit → PROCESSING with the request id at once → wait →
+stream each image into storage → COMPLETED; or FAILED with a one-line reason. Each state
+change commits on its own and is conditional on the status it expects, because each must
+survive a crash and must not overwrite another run's work (the exception to "the caller owns
+the transaction").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, select, update
+
+from imagen4ctl.adapters.download import ImageRejected, open_image
+from imagen4ctl.adapters.fal import (
+    Deadline,
+    FalAdapter,
+    FalStatus,
+    FalSubmissionUnknown,
+    FalTimeout,
+)
+from imagen4ctl.db.models import (
+    COMPLETED,
+    FAILED,
+    IMAGEN4,
+    PENDING,
+    PROCESSING,
+    Generation,
+    utcnow,
+)
+from imagen4ctl.errors import (
+    FalCredentialsMissing,
+    FalError,
+    FalRequestRejected,
+    GenerationFailed,
+    GenerationPending,
+    Imagen4ctlError,
+    StorageError,
+    UsageError,
+)
+from imagen4ctl.keys import object_key, validate_user_id
+
+if TYPE_CHECKING:
+    from imagen4ctl.adapters.storage import Storage
+    from imagen4ctl.db.session import Database
+
+ASPECT_RATIOS = ("1:1", "16:9", "9:16", "3:4", "4:3")
+RESOLUTIONS = ("1K", "2K")
+MAX_PROMPT_CHARS = 4000
+LINK_EXPIRY = timedelta(hours=1)
+FIX_PENDING_HINT = "`imagen4ctl fix-pending` will collect it."
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """What to generate, validated on construction: a bad value never reaches a row."""
+
+    user_id: str
+    prompt: str
+    aspect_ratio: str = "1:1"
+    num_images: int = 1
+    seed: int | None = None
+    negative_prompt: str | None = None
+    resolution: str | None = None
+    kind: str = IMAGEN4
+
+    def __post_init__(self) -> None:
+        validate_user_id(self.user_id)
+        validate_prompt(self.prompt)
+        if self.aspect_ratio not in ASPECT_RATIOS:
+            raise UsageError(f"aspect ratio {self.aspect_ratio!r} is not one of "
+                             f"{', '.join(ASPECT_RATIOS)}")
+        if not 1 <= self.num_images <= 4:
+            raise UsageError(f"--num-images must be 1 to 4, not {self.num_images}")
+        if self.resolution is not None and self.resolution not in RESOLUTIONS:
+            raise UsageError(f"resolution {self.resolution!r} is not one of 1K, 2K")
+        if self.seed is not None and not 0 <= self.seed < 2**32:
+            raise UsageError(f"seed must be between 0 and {2**32 - 1}")
+        if self.negative_prompt is not None:
+            validate_prompt(self.negative_prompt, what="negative prompt")
+
+    def arguments(self) -> dict[str, Any]:
+        """fal's Imagen 4 input."""
+        args: dict[str, Any] = {"prompt": self.prompt, "aspect_ratio": self.aspect_ratio,
+                                "num_images": self.num_images}
+        optional = {"seed": self.seed, "negative_prompt": self.negative_prompt,
+                    "resolution": self.resolution}
+        args.update({k: v for k, v in optional.items() if v is not None})
+        return args
+
+
+def validate_prompt(prompt: str, *, what: str = "prompt") -> str:
+    if not prompt.strip():
+        raise UsageError(f"the {what} is empty")
+    if "\x00" in prompt:
+        raise UsageError(f"the {what} contains a NUL character")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise UsageError(f"the {what} has {len(prompt):,} characters; the limit is "
+                         f"{MAX_PROMPT_CHARS:,}")
+    return prompt
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    key: str
+    url: str
+    width: int | None
+    height: int | None
+    content_type: str
+    size: int
+
+
+@dataclass
+class Outcome:
+    """How one generation ended (or where it stopped): the JSON of `generate`."""
+
+    id: int | None
+    user_id: str
+    status: str
+    fal_request_id: str | None = None
+    images: list[StoredImage] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+    prompt: str = ""
+    aspect_ratio: str | None = None
+    exception: Imagen4ctlError | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "user_id": self.user_id, "status": self.status,
+            "fal_request_id": self.fal_request_id,
+            "images": [asdict(i) for i in self.images],
+            "error": self.error, "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a generation is doing now, for a live status line."""
+
+    generation_id: int
+    phase: str  # submitting, queued, running, downloading, stored, completed, failed, pending
+    detail: str = ""
+    queue_position: int | None = None
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class GenerationService:
+    def __init__(
+        self,
+        database: Database,
+        storage: Storage,
+        fal: FalAdapter | None,
+        *,
+        model: str,
+        prefix: str,
+        max_image_bytes: int,
+        trusted_hosts: frozenset[str] = frozenset(),
+        poll_interval: float = 0.25,
+    ) -> None:
+        self.database = database
+        self.storage = storage
+        self.fal = fal
+        self.model = model
+        self.prefix = prefix
+        self.max_image_bytes = max_image_bytes
+        self.trusted_hosts = trusted_hosts
+        self.poll_interval = poll_interval
+
+    # --- preflight and rows ---
+
+    def _require_fal(self) -> FalAdapter:
+        if self.fal is None:
+            raise FalCredentialsMissing(
+                "no fal key: FAL_KEY is not set (nothing was written)",
+                hint="Set FAL_KEY (or FAL_API_KEY); see `imagen4ctl check-config`.",
+            )
+        return self.fal
+
+    def preflight(self) -> FalAdapter:
+        """What can be checked cheaply before a row is written and anything is paid."""
+        from imagen4ctl.db.migrate import require_current
+
+        from imagen4ctl.adapters.storage import LocalStorage
+
+        fal = self._require_fal()
+        require_current(self.database)
+        if isinstance(self.storage, LocalStorage) and not self.storage.bucket_exists():
+            try:
+                self.storage.root.mkdir(parents=True, exist_ok=True)  # IMAGES_DIR on first use
+            except OSError as e:
+                raise StorageError(f"cannot create {self.storage.describe()}: {e.strerror}",
+                                   hint="Point IMAGES_DIR at a writable folder.") from e
+        if not self.storage.bucket_exists():
+            raise StorageError(f"{self.storage.describe()} does not exist (nothing was written)",
+                               hint="Create it, or set MINIO_BUCKET / IMAGES_DIR.")
+        return fal
+
+    def create(self, spec: GenerationSpec) -> int:
+        params = {k: v for k, v in spec.arguments().items() if k not in {"prompt",
+                                                                          "aspect_ratio"}}
+        with self.database.session() as session:
+            row = Generation(user_id=spec.user_id, kind=spec.kind, status=PENDING,
+                             prompt=spec.prompt, aspect_ratio=spec.aspect_ratio,
+                             fal_endpoint=self.model, params=params)
+            session.add(row)
+            session.commit()
+            return row.id
+
+    def _update(self, generation_id: int, expected: Sequence[str], **values: Any) -> bool:
+        """One committed, conditional state change; False when the row moved on meanwhile."""
+        values.setdefault("updated_at", utcnow())
+        with self.database.session() as session:
+            result = session.execute(
+                update(Generation)
+                .where(and_(Generation.id == generation_id, Generation.status.in_(expected)))
+                .values(**values)
+            )
+            session.commit()
+            return bool(getattr(result, "rowcount", 0))
+
+    def _fail(self, outcome: Outcome, reason: str, expected: Sequence[str]) -> None:
+        reason = " ".join(reason.split())[:500]
+        self._update(outcome.id or 0, expected, status=FAILED, error=reason)
+        outcome.status, outcome.error = FAILED, reason
+
+    # --- the whole path ---
+
+    def generate(
+        self,
+        spec: GenerationSpec,
+        deadline: Deadline,
+        *,
+        wait: bool = True,
+        on_progress: ProgressCallback | None = None,
+    ) -> Outcome:
+        """Generate one spec end to end. Raises only before the row exists (preflight)."""
+        self.preflight()
+        generation_id = self.create(spec)
+        return self.run(generation_id, spec, deadline, wait=wait, on_progress=on_progress)
+
+    def run(
+        self,
+        generation_id: int,
+        spec: GenerationSpec,
+        deadline: Deadline,
+        *,
+        wait: bool = True,
+        on_progress: ProgressCallback | None = None,
+    ) -> Outcome:
+        """Submit the PENDING row `generation_id` and see it through (after `preflight`).
+
+        Never raises for fal or storage trouble: the outcome, and the row, say what happened.
+        """
+        fal = self._require_fal()
+        started = time.monotonic()
+        outcome = Outcome(generation_id, spec.user_id, PENDING, prompt=spec.prompt,
+                          aspect_ratio=spec.aspect_ratio)
+        notify = on_progress or (lambda _p: None)
+        endpoint = self.model
+        try:
+            notify(Progress(generation_id, "submitting"))
+            self._update(generation_id, [PENDING], submit_started_at=utcnow())
+            try:
+                request_id = fal.submit(endpoint, spec.arguments(), deadline)
+            except FalSubmissionUnknown as e:
+                self._update(generation_id, [PENDING], error=f"submission state unknown: "
+                             f"{e.message}")
+                outcome.error = f"submission state unknown: {e.message}"
+                outcome.exception = GenerationPending(outcome.error, hint=e.hint)
+                return outcome
+            except FalError as e:
+                # fal refused or was never reached: nothing is running there, nothing billed.
+                self._fail(outcome, e.message, [PENDING])
+                outcome.exception = _with_hint(GenerationFailed(e.message), e)
+                return outcome
+            self._record_submission(generation_id, request_id)
+            outcome.status, outcome.fal_request_id = PROCESSING, request_id
+            if not wait:
+                return outcome
+            self._collect(outcome, endpoint, request_id, spec.user_id, deadline, notify)
+            return outcome
+        except KeyboardInterrupt:
+            outcome.error = "interrupted"
+            hint = FIX_PENDING_HINT if outcome.fal_request_id else None
+            outcome.exception = GenerationPending(
+                "interrupted; the row stays " + outcome.status, hint=hint)
+            return outcome
+        finally:
+            outcome.seconds = time.monotonic() - started
+
+    def _record_submission(self, generation_id: int, request_id: str) -> None:
+        now = utcnow()
+        if not self._update(generation_id, [PENDING], status=PROCESSING,
+                            fal_request_id=request_id, submitted_at=now, error=None):
+            # Another run changed the status meanwhile: still keep the paid request's id.
+            with self.database.session() as session:
+                session.execute(update(Generation).where(
+                    and_(Generation.id == generation_id, Generation.fal_request_id.is_(None))
+                ).values(fal_request_id=request_id, submitted_at=now))
+                session.commit()
+
+    def _collect(
+        self,
+        outcome: Outcome,
+        endpoint: str,
+        request_id: str,
+        user_id: str,
+        deadline: Deadline,
+        notify: ProgressCallback,
+    ) -> None:
+        """Wait for fal, then store the images; the row ends COMPLETED, FAILED or PROCESSING."""
+        assert outcome.id is not None and self.fal is not None
+        fal = self.fal
+        status = self._wait(outcome, endpoint, request_id, deadline, notify)
+        if status is None:
+            return
+        if status.error:
+            self._fail(outcome, f"fal: {status.error}", [PROCESSING, PENDING])
+            outcome.exception = GenerationFailed(f"generation {outcome.id} failed at fal: "
+                                                 f"{status.error}")
+            return
+        try:
+            result = fal.result(endpoint, request_id, deadline)
+        except FalTimeout as e:
+            outcome.error = e.message
+            outcome.exception = GenerationPending(
+                f"generation {outcome.id} finished at fal but its result did not arrive in time",
+                hint=FIX_PENDING_HINT)
+            return
+        except FalError as e:
+            self._fail(outcome, e.message, [PROCESSING, PENDING])
+            outcome.exception = GenerationFailed(e.message)
+            return
+        if not result.images:
+            self._fail(outcome, "fal returned no images", [PROCESSING, PENDING])
+            outcome.exception = GenerationFailed(f"generation {outcome.id}: fal returned no "
+                                                 "images")
+            return
+        notify(Progress(outcome.id, "downloading", f"{len(result.images)} image(s)"))
+        try:
+            outcome.images = self.store_images(outcome.id, user_id,
+                                               [i.url for i in result.images], deadline)
+        except ImageRejected as e:
+            self._fail(outcome, e.message, [PROCESSING, PENDING])
+            outcome.exception = GenerationFailed(f"generation {outcome.id}: {e.message}")
+            return
+        except StorageError as e:
+            # fal has the result; the row stays PROCESSING so fix-pending can still copy it.
+            self._update(outcome.id, [PROCESSING], error=f"storage: {e.message}")
+            outcome.error = e.message
+            outcome.exception = StorageError(
+                f"generation {outcome.id} finished at fal but storing it failed: {e.message}",
+                hint=(e.hint or "Fix storage") + "; then `imagen4ctl fix-pending` copies it.")
+            return
+        keys = [image.key for image in outcome.images]
+        if self._update(outcome.id, [PROCESSING, PENDING], status=COMPLETED, result_urls=keys,
+                        completed_at=utcnow(), error=None):
+            outcome.status, outcome.error = COMPLETED, None
+            notify(Progress(outcome.id, "completed"))
+        else:
+            outcome.exception = GenerationFailed(
+                f"generation {outcome.id} changed state while it was being stored")
+
+    def _wait(
+        self,
+        outcome: Outcome,
+        endpoint: str,
+        request_id: str,
+        deadline: Deadline,
+        notify: ProgressCallback,
+    ) -> FalStatus | None:
+        """fal's final status, or None when the deadline came first (the row says what next)."""
+        assert outcome.id is not None and self.fal is not None
+        last: FalStatus | None = None
+        interval = min(self.poll_interval, 0.1)
+        seen_logs = 0
+        while True:
+            try:
+                status = self.fal.status(endpoint, request_id, deadline)
+            except FalTimeout:
+                break
+            except FalRequestRejected as e:
+                self._fail(outcome, e.message, [PROCESSING, PENDING])
+                outcome.exception = GenerationFailed(e.message)
+                return None
+            except FalError as e:
+                outcome.error = e.message
+                outcome.exception = GenerationPending(
+                    f"lost contact with fal while waiting for generation {outcome.id}: "
+                    f"{e.message}", hint=FIX_PENDING_HINT)
+                return None
+            last = status
+            if status.state == "COMPLETED":
+                return status
+            if status.state == "IN_QUEUE":
+                notify(Progress(outcome.id, "queued", queue_position=status.queue_position))
+            else:
+                new_logs = status.logs[seen_logs:]
+                seen_logs = len(status.logs)
+                notify(Progress(outcome.id, "running", new_logs[-1] if new_logs else ""))
+            if deadline.remaining() <= interval:
+                break
+            time.sleep(interval)
+            interval = min(interval * 1.5, self.poll_interval)
+        self._give_up(outcome, endpoint, request_id, last, deadline)
+        return None
+
+    def _give_up(
+        self,
+        outcome: Outcome,
+        endpoint: str,
+        request_id: str,
+        last: FalStatus | None,
+        deadline: Deadline,
+    ) -> None:
+        """The deadline came: cancel what is still queued; leave what runs to fix-pending."""
+        assert outcome.id is not None and self.fal is not None
+        seconds = deadline.seconds or 0
+        if last is not None and last.state == "IN_QUEUE":
+            try:
+                self.fal.cancel(endpoint, request_id, Deadline(5.0))
+            except FalError:
+                pass
+            else:
+                reason = "timed out in queue, cancelled"
+                self._fail(outcome, reason, [PROCESSING, PENDING])
+                outcome.exception = GenerationFailed(
+                    f"generation {outcome.id} {reason} after {seconds:g}s",
+                    hint="Raise --timeout; fal's queue may be long right now.")
+                return
+        outcome.error = f"still running at fal after {seconds:g}s"
+        outcome.exception = GenerationPending(
+            f"generation {outcome.id} is still running at fal after {seconds:g}s; "
+            "the row stays PROCESSING", hint=FIX_PENDING_HINT)
+
+    def store_images(
+        self, generation_id: int, user_id: str, urls: Iterable[str], deadline: Deadline
+    ) -> list[StoredImage]:
+        """All or nothing: a failure removes the images of this generation already stored."""
+        stored: list[StoredImage] = []
+        try:
+            for n, url in enumerate(urls):
+                with open_image(url, max_bytes=self.max_image_bytes, deadline=deadline,
+                                trusted_hosts=self.trusted_hosts) as (head, stream):
+                    key = object_key(self.prefix, user_id, generation_id, n, head.ext)
+                    info = self.storage.put_stream(key, stream, content_type=head.content_type,
+                                                   length=head.length)
+                stored.append(StoredImage(key, self.storage.presigned_url(key, LINK_EXPIRY),
+                                          head.width, head.height, head.content_type, info.size))
+        except BaseException:
+            for image in stored:
+                try:
+                    self.storage.delete(image.key)
+                except StorageError:
+                    pass
+            raise
+        return stored
+
+    # --- batches ---
+
+    def run_batch(
+        self,
+        specs: Sequence[GenerationSpec],
+        *,
+        concurrency: int,
+        timeout: float,
+        on_progress: ProgressCallback | None = None,
+        on_done: Callable[[Outcome], None] | None = None,
+    ) -> list[Outcome]:
+        """Generate many specs with at most `concurrency` in flight; each has its own deadline.
+
+        Rows are created up front (cheap, and a crash leaves them visible to fix-pending).
+        """
+        self.preflight()
+        ids = [self.create(spec) for spec in specs]
+
+        def one(pair: tuple[int, GenerationSpec]) -> Outcome:
+            generation_id, spec = pair
+            outcome = self.run(generation_id, spec, Deadline(timeout), on_progress=on_progress)
+            if on_done is not None:
+                on_done(outcome)
+            return outcome
+
+        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+            return list(pool.map(one, zip(ids, specs, strict=True)))
+
+    def completed_pairs(self, user_id: str, kind: str = IMAGEN4) -> set[tuple[str, str | None]]:
+        """(prompt, aspect ratio) pairs this user already has COMPLETED: for idempotent seeding."""
+        with self.database.session() as session:
+            rows = session.execute(
+                select(Generation.prompt, Generation.aspect_ratio).where(
+                    Generation.user_id == user_id, Generation.kind == kind,
+                    Generation.status == COMPLETED).distinct()
+            )
+            return {(prompt, ratio) for prompt, ratio in rows}
+
+
+def _with_hint(error: Imagen4ctlError, cause: Imagen4ctlError) -> Imagen4ctlError:
+    error.hint = cause.hint
+    return error
