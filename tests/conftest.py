@@ -34,7 +34,6 @@ def assert_no_secret(text: str, *secrets: str) -> None:
 @pytest.fixture(autouse=True)
 def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     from imagen4ctl.settings import VARIABLES
-
     from tests.plugins.fal import emulator_env
 
     for var in VARIABLES:

@@ -164,3 +164,30 @@ def test_bad_values_name_their_variable(name: str, raw: str) -> None:
                 "MINIO_SECURE": "minio_secure"}[name]
     with pytest.raises(ConfigError, match=name):
         getattr(settings, accessor)
+
+
+def test_env_example_lists_every_variable_with_a_comment() -> None:
+    from imagen4ctl.settings import VARIABLES
+
+    lines = (Path(__file__).parent.parent / ".env.example").read_text().splitlines()
+    for var in VARIABLES:
+        [index] = [i for i, line in enumerate(lines)
+                   if line.lstrip("# ").startswith(f"{var.name}=")]
+        assert lines[index - 1].startswith("# "), var.name
+
+
+def test_variable_names_live_only_in_settings() -> None:
+    """Every environment variable name appears in settings.py and nowhere else in the package."""
+    import re
+
+    from imagen4ctl.settings import VARIABLES
+
+    package = Path(__file__).parent.parent / "imagen4ctl"
+    for path in package.rglob("*.py"):
+        if path.name == "settings.py" or "emulator" in path.parts:
+            continue
+        source = path.read_text()
+        for var in VARIABLES:
+            for match in re.finditer(rf"(os\.environ|getenv|environ\.get)\W+{var.name}\b",
+                                     source):
+                raise AssertionError(f"{path} reads {var.name} itself: {match.group(0)}")

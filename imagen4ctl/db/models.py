@@ -35,12 +35,16 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if isinstance(value, str):  # SQLite rows written by the bot's CURRENT_TIMESTAMP
-            value = datetime.fromisoformat(value)
-        assert isinstance(value, datetime)
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return as_utc(value)
+
+
+def as_utc(value: datetime | str | None) -> datetime | None:
+    """Aware UTC from what a driver returns (SQLite aggregates give naive text)."""
+    if value is None:
+        return None
+    if isinstance(value, str):  # SQLite rows written by the bot's CURRENT_TIMESTAMP
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 JSONList = JSON().with_variant(JSONB(), "postgresql")

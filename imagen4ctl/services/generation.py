@@ -189,9 +189,8 @@ class GenerationService:
 
     def preflight(self) -> FalAdapter:
         """What can be checked cheaply before a row is written and anything is paid."""
-        from imagen4ctl.db.migrate import require_current
-
         from imagen4ctl.adapters.storage import LocalStorage
+        from imagen4ctl.db.migrate import require_current
 
         fal = self._require_fal()
         require_current(self.database)
