@@ -14,7 +14,14 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from imagen4ctl import __version__
-from imagen4ctl.commands import check_config, db, generate, seed_gallery
+from imagen4ctl.commands import (
+    check_config,
+    db,
+    emulator,
+    generate,
+    seed_gallery,
+    user_images,
+)
 from imagen4ctl.context import AppContext
 from imagen4ctl.errors import Imagen4ctlError
 from imagen4ctl.output import print_error, register_secrets
@@ -31,8 +38,8 @@ def guarded(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort):
-            raise
+        except (typer.Exit, typer.Abort, typer.BadParameter):
+            raise  # Typer renders these itself (usage errors exit 2)
         except Imagen4ctlError as e:
             if _debug:
                 raise
@@ -91,8 +98,10 @@ def root(
 
 
 app.command("check-config")(guarded(check_config.check_config))
+app.command("user-images")(guarded(user_images.user_images))
 app.command("generate")(guarded(generate.generate))
 app.command("seed-gallery")(guarded(seed_gallery.seed_gallery))
+app.command("emulator")(guarded(emulator.emulator))
 db_app = typer.Typer(help="Database schema: create, upgrade, show the revision.",
                      no_args_is_help=True)
 db_app.command("upgrade")(guarded(db.upgrade))
