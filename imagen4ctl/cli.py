@@ -18,6 +18,7 @@ from imagen4ctl.commands import (
     check_config,
     db,
     emulator,
+    fix_pending,
     generate,
     seed_gallery,
     user_images,
@@ -101,6 +102,7 @@ app.command("check-config")(guarded(check_config.check_config))
 app.command("user-images")(guarded(user_images.user_images))
 app.command("generate")(guarded(generate.generate))
 app.command("seed-gallery")(guarded(seed_gallery.seed_gallery))
+app.command("fix-pending")(guarded(fix_pending.fix_pending))
 app.command("emulator")(guarded(emulator.emulator))
 db_app = typer.Typer(help="Database schema: create, upgrade, show the revision.",
                      no_args_is_help=True)

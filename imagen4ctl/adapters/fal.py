@@ -384,3 +384,96 @@ def probe_key(key: str, endpoint: str, *, timeout: float, key_source: str) -> Pr
                             f"({code})", f"Check {key_source}: is it a valid fal.ai key?")
     return ProbeVerdict(False, host, f"fal at {host} answered {code} to a status probe",
                         "fal may be having trouble; retry later.")
+
+
+class PlatformRefused(FalError):
+    """fal's Platform API would not list the endpoint's requests (e.g. a public model)."""
+
+
+@dataclass(frozen=True)
+class PlatformRequest:
+    """One finished request as fal's Platform API lists it (payloads expanded)."""
+
+    request_id: str
+    endpoint_id: str
+    status_code: int | None
+    sent_at: str | None
+    ended_at: str | None
+    json_input: Any
+    json_output: Any
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def platform_requests(
+    base_url: str,
+    key: str,
+    endpoint: str,
+    deadline: Deadline,
+    *,
+    request_id: str | None = None,
+    start: str | None = None,
+    end: str | None = None,
+    max_pages: int = 20,
+    trusted_hosts: frozenset[str] = frozenset(),
+) -> Iterator[PlatformRequest]:
+    """Requests of `endpoint` from fal's Platform API (GET /models/requests/by-endpoint with
+    expand=payloads), newest first, page by page, every call bounded by `deadline`."""
+    params: dict[str, str | int] = {"endpoint_id": endpoint, "expand": "payloads", "limit": 100}
+    if request_id is not None:
+        params["request_id"] = request_id
+    if start is not None:
+        params["start"] = start
+    if end is not None:
+        params["end"] = end
+    url = f"{base_url.rstrip('/')}/models/requests/by-endpoint"
+    host = httpx.URL(url).host
+    if httpx.URL(url).scheme != "https" and host not in trusted_hosts:
+        raise FalError(f"refusing FAL_PLATFORM_API_URL {base_url!r}: only https is accepted")
+    with httpx.Client(headers={"Authorization": f"Key {key}"}, follow_redirects=False) as http:
+        for _ in range(max_pages):
+            try:
+                response = http.get(url, params=params,
+                                    timeout=httpx.Timeout(deadline.bound(30.0)))
+            except httpx.TransportError as e:
+                raise FalUnavailable(f"cannot reach fal's Platform API at {host}: "
+                                     f"{_transport_reason(e)}") from e
+            if response.status_code in {401, 403}:
+                raise PlatformRefused(
+                    f"fal's Platform API refused to list requests of {endpoint} "
+                    f"({response.status_code}: {_platform_message(response)}); it lists only "
+                    "endpoints your account owns")
+            if response.status_code == 404:
+                return
+            if response.status_code >= 400:
+                raise FalUnavailable(f"fal's Platform API answered {response.status_code}: "
+                                     f"{_platform_message(response)}")
+            try:
+                data = response.json()
+                items = data["items"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise FalError("fal's Platform API sent a malformed answer") from e
+            for item in items:
+                if isinstance(item, dict) and isinstance(item.get("request_id"), str):
+                    yield PlatformRequest(
+                        item["request_id"], str(item.get("endpoint_id", endpoint)),
+                        item.get("status_code"), item.get("sent_at"), item.get("ended_at"),
+                        item.get("json_input"), item.get("json_output"))
+            cursor = data.get("next_cursor")
+            if not data.get("has_more") or not cursor:
+                return
+            params["cursor"] = cursor
+
+
+def _platform_message(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return _detail_text(response.text)
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        return _detail_text(data["error"].get("message", ""))
+    if isinstance(data, dict) and "detail" in data:
+        return _detail_text(data["detail"])
+    return _detail_text(data)
