@@ -20,6 +20,7 @@ from imagen4ctl.commands import (
     emulator,
     fix_pending,
     generate,
+    reconcile,
     seed_gallery,
     user_images,
 )
@@ -103,6 +104,7 @@ app.command("user-images")(guarded(user_images.user_images))
 app.command("generate")(guarded(generate.generate))
 app.command("seed-gallery")(guarded(seed_gallery.seed_gallery))
 app.command("fix-pending")(guarded(fix_pending.fix_pending))
+app.command("reconcile")(guarded(reconcile.reconcile))
 app.command("emulator")(guarded(emulator.emulator))
 db_app = typer.Typer(help="Database schema: create, upgrade, show the revision.",
                      no_args_is_help=True)

@@ -194,7 +194,7 @@ class Recovery:
                 session.expunge(row)
                 yield row
 
-    def _item(self, row: Generation, now: datetime) -> Item:
+    def item_for(self, row: Generation, now: datetime) -> Item:
         created, updated = as_utc(row.created_at), as_utc(row.updated_at)
         assert created is not None and updated is not None
         item = Item(row.id, row.user_id, row.kind, row.status,
@@ -222,7 +222,7 @@ class Recovery:
     def candidates(self) -> list[tuple[Item, datetime | None]]:
         """The stuck rows as plan items, with the mark of an attempted submission."""
         now = utcnow()
-        return [(self._item(row, now), row.submit_started_at) for row in self.stuck_rows()]
+        return [(self.item_for(row, now), row.submit_started_at) for row in self.stuck_rows()]
 
     def check_fal(self, timeout: float) -> None:
         """Stop before touching any row when fal is unreachable or refuses the key."""
@@ -240,7 +240,7 @@ class Recovery:
         def decide(entry: tuple[Item, datetime | None]) -> Item:
             item, submit_mark = entry
             if item.error != "held by another run":
-                self._decide(item, submit_mark)
+                self.decide(item, submit_mark)
             return item
 
         with ThreadPoolExecutor(max_workers=max(1, self.options.concurrency)) as pool:
@@ -251,7 +251,7 @@ class Recovery:
         assert self.service.fal is not None
         return self.service.fal
 
-    def _decide(self, item: Item, submit_mark: datetime | None) -> None:
+    def decide(self, item: Item, submit_mark: datetime | None) -> None:
         o = self.options
         if item.fal_request_id is None:
             if submit_mark is None:
@@ -364,14 +364,14 @@ class Recovery:
         if self.options.backup is not None:
             self.options.backup.parent.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(max_workers=max(1, self.options.concurrency)) as pool:
-            list(pool.map(self._apply_one, report.items))
+            list(pool.map(self.apply_item, report.items))
         return report
 
-    def _apply_one(self, item: Item) -> None:
+    def apply_item(self, item: Item) -> None:
         if item.action in {"skip", "wait"}:
             item.outcome = "skipped" if item.action == "skip" else "left"
             return
-        if not self._claim(item):
+        if not self.claim(item):
             item.action, item.outcome = "skip", "skipped"
             item.error = "held by another run, or changed since it was read"
             return
@@ -380,11 +380,11 @@ class Recovery:
         except Imagen4ctlError as e:
             item.outcome, item.failed, item.error = "failed", True, e.message
         finally:
-            self._release(item)
+            self.release(item)
 
     def _carry_out(self, item: Item) -> None:
         if item.action == "fail":
-            done = self._set(item, status=FAILED, error=item.error)
+            done = self.set_state(item, status=FAILED, error=item.error)
             item.outcome = "done" if done else "skipped"
         elif item.action == "delete":
             self._backup_and_delete(item)
@@ -403,12 +403,12 @@ class Recovery:
             except FalRequestRejected:
                 self._from_platform(item, reason="fal's queue result expired")
                 if item.action != "recover":
-                    done = self._set(item, status=FAILED, error=item.error)
+                    done = self.set_state(item, status=FAILED, error=item.error)
                     item.outcome = "done" if done else "skipped"
                     return
         if not item.image_urls:
             item.action, item.error = "fail", "fal returned no images"
-            self._set(item, status=FAILED, error=item.error)
+            self.set_state(item, status=FAILED, error=item.error)
             item.outcome = "done"
             return
         try:
@@ -419,10 +419,10 @@ class Recovery:
             return
         except FalError as e:  # the image itself is unusable: nothing will fix that later
             item.action, item.error = "fail", e.message
-            self._set(item, status=FAILED, error=e.message)
+            self.set_state(item, status=FAILED, error=e.message)
             item.outcome = "done"
             return
-        if self._set(item, status=COMPLETED, result_urls=[i.key for i in images],
+        if self.set_state(item, status=COMPLETED, result_urls=[i.key for i in images],
                      fal_request_id=item.fal_request_id, completed_at=utcnow(), error=None):
             item.outcome = "done"
         else:
@@ -444,7 +444,7 @@ class Recovery:
 
     # --- the row: claim, conditional changes, backup ---
 
-    def _claim(self, item: Item) -> bool:
+    def claim(self, item: Item) -> bool:
         g = Generation
         now = utcnow()
         stale = now - CLAIM_STALE_AFTER
@@ -472,14 +472,14 @@ class Recovery:
             session.commit()
             return bool(getattr(result, "rowcount", 0))
 
-    def _release(self, item: Item) -> None:
+    def release(self, item: Item) -> None:
         g = Generation
         with self.database.session() as session:
             session.execute(update(g).where(g.id == item.id, g.claimed_by == self.token)
                             .values(claimed_by=None, claimed_at=None))
             session.commit()
 
-    def _set(self, item: Item, **values: Any) -> bool:
+    def set_state(self, item: Item, **values: Any) -> bool:
         """A state change, only if the row is still as read and still ours."""
         g = Generation
         values.setdefault("updated_at", utcnow())

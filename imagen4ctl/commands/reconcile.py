@@ -1,0 +1,71 @@
+"""`imagen4ctl reconcile`: does the bucket hold what the database says, and nothing else?"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from imagen4ctl.context import AppContext
+from imagen4ctl.output import JsonOption, console, print_json
+
+if TYPE_CHECKING:
+    from imagen4ctl.services.reconcile import ReconcileReport
+
+
+def reconcile(
+    ctx: typer.Context,
+    user_id: Annotated[str | None, typer.Option("--user-id", show_default=False)] = None,
+    kind: Annotated[str, typer.Option("--kind", help="Rows of this kind.")] = "imagen4",
+    fix: Annotated[
+        bool, typer.Option("--fix", help="Re-fetch from fal, copy fal-hosted images, delete "
+                           "orphans older than an hour.")
+    ] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Compare COMPLETED rows with the objects under IMAGES_PREFIX; exit 1 if problems remain.
+
+    Only imagen4ctl's own prefix is listed or touched: the bucket may be shared with the bot.
+
+    Example: imagen4ctl reconcile --fix
+    """
+    from imagen4ctl.services.reconcile import Reconciler
+    from imagen4ctl.services.recovery import Recovery, RecoveryOptions
+
+    app = AppContext.from_typer(ctx)
+    service = app.generation_service()
+    recovery = Recovery(service, default_model=app.settings.model,
+                        platform_url=app.settings.platform_api_url,
+                        fal_key=app.settings.fal_key.value or "",
+                        options=RecoveryOptions(older_than=0, kind=kind, apply=fix))
+    if fix and service.fal is None:
+        from imagen4ctl.errors import FalCredentialsMissing
+
+        raise FalCredentialsMissing("--fix needs a fal key to fetch images again",
+                                    hint="Set FAL_KEY (or FAL_API_KEY).")
+    report = Reconciler(recovery, prefix=app.settings.images_prefix, kind=kind,
+                        user_id=user_id, fix=fix).run()
+    if json_out:
+        print_json(report.to_json())
+    else:
+        _render(report)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def _render(report: ReconcileReport) -> None:
+    if report.items:
+        table = Table(title_justify="left",
+                      title="problems" + (" (after --fix)" if report.fix else ""))
+        for column in ("problem", "row", "object", "detail", "fixed"):
+            table.add_column(column)
+        for p in report.items:
+            table.add_row(p.type, str(p.id or "-"), escape(p.key or "-"), escape(p.detail),
+                          p.action if report.fix else "-",
+                          style=None if p.fixed else "red")
+        console.print(table)
+    left = len(report.remaining)
+    verdict = "in agreement" if not left else f"{left} problem(s) remain"
+    console.print(f"{report.rows_checked} rows and {report.objects_checked} objects checked: "
+                  f"{verdict}" + ("" if report.fix or not left else " (--fix repairs them)"))
