@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
+from imagen4ctl.commands.batch import read_prompt_file, run_and_report
 from imagen4ctl.context import AppContext
 from imagen4ctl.errors import UsageError
 from imagen4ctl.output import JsonOption, console, live_status, print_json
@@ -29,7 +31,9 @@ UserIdOption = Annotated[
 
 def generate(
     ctx: typer.Context,
-    prompt: Annotated[str, typer.Argument(help="What to draw.")],
+    prompt: Annotated[
+        str | None, typer.Argument(help="What to draw (or use --from-file).", show_default=False)
+    ] = None,
     user_id: UserIdOption = None,
     aspect_ratio: Annotated[
         str, typer.Option("--aspect-ratio", "-a", help="1:1, 16:9, 9:16, 3:4 or 4:3.")
@@ -46,9 +50,22 @@ def generate(
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="Submit, record the request id, and exit.")
     ] = False,
+    from_file: Annotated[
+        Path | None,
+        typer.Option("--from-file", dir_okay=False, show_default=False,
+                     help="One PROMPT or RATIO<TAB>PROMPT per line; # starts a comment."),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, max=64,
+                          help="Generations in flight with --from-file (fal's starting limit "
+                          "is 2).")
+    ] = 2,
     json_out: JsonOption = False,
 ) -> None:
     """Generate images with Imagen 4 on fal and store them; exit 0 only when COMPLETED.
+
+    With --from-file, a batch: one progress bar, a summary table, a JSON list; --timeout is
+    then the deadline of each generation.
 
     Example: imagen4ctl generate "A cat playing with a ball" --aspect-ratio 3:4 --user-id 42
     """
@@ -56,6 +73,19 @@ def generate(
     from imagen4ctl.services.generation import GenerationSpec
 
     app = AppContext.from_typer(ctx)
+    if (prompt is None) == (from_file is None):
+        raise UsageError("give either a PROMPT or --from-file FILE")
+    if from_file is not None:
+        owner = resolve_user_id(app, user_id)
+        specs = [GenerationSpec(user_id=owner, prompt=p, aspect_ratio=r, num_images=num_images,
+                                seed=seed, negative_prompt=negative_prompt,
+                                resolution=resolution)
+                 for r, p in read_prompt_file(from_file)]
+        run_and_report(app.generation_service(), specs, concurrency=concurrency,
+                       timeout=timeout if timeout is not None else app.settings.timeout,
+                       title=f"batch of {len(specs)} from {from_file}", json_out=json_out)
+        return
+    assert prompt is not None
     spec = GenerationSpec(
         user_id=resolve_user_id(app, user_id), prompt=prompt, aspect_ratio=aspect_ratio,
         num_images=num_images, seed=seed, negative_prompt=negative_prompt,

@@ -255,3 +255,37 @@ def test_local_folder_storage(cli: Cli, migrated_db: str, isolated_env: Any) -> 
     assert isinstance(data, dict)
     key = data["images"][0]["key"]
     assert (isolated_env / "pics" / key).stat().st_size == data["images"][0]["size"]
+
+
+def test_batch_from_file(cli: Cli, env: dict[str, str], migrated_db: str, isolated_env: Any,
+                         fal_emulator: Any) -> None:
+    prompts = isolated_env / "prompts.txt"
+    prompts.write_text("# a batch\n16:9\tbatch one\nbatch two\n3:4\tbatch three\n")
+    result = cli("generate", "--from-file", str(prompts), "--concurrency", "3", "--json",
+                 env=env)
+    assert result.exit_code == 0, result.output
+    data = result.json()
+    assert isinstance(data, list)
+    assert [(i["prompt"], i["aspect_ratio"], i["status"]) for i in data] == [
+        ("batch one", "16:9", "COMPLETED"), ("batch two", "1:1", "COMPLETED"),
+        ("batch three", "3:4", "COMPLETED")]
+    assert fal_emulator.log.submission_count(prompt_contains="batch ") == 3
+    assert len(rows(migrated_db)) == 3
+
+
+def test_batch_with_a_failure_exits_1_with_a_table(cli: Cli, env: dict[str, str],
+                                                   migrated_db: str, isolated_env: Any) -> None:
+    prompts = isolated_env / "prompts.txt"
+    prompts.write_text("fine\nbroken [fault:run=noimages]\n")
+    result = cli("generate", "--from-file", str(prompts), env=env)
+    assert result.exit_code == 1
+    assert "error: 1 of 2 generations did not complete" in result.stderr
+    assert "fal returned no images" in result.stdout
+    assert sorted(r.status for r in rows(migrated_db)) == ["COMPLETED", "FAILED"]
+
+
+def test_prompt_and_file_are_exclusive(cli: Cli, env: dict[str, str], isolated_env: Any) -> None:
+    prompts = isolated_env / "p.txt"
+    prompts.write_text("x\n")
+    assert cli("generate", "x", "--from-file", str(prompts), env=env).exit_code == 2
+    assert cli("generate", env=env).exit_code == 2

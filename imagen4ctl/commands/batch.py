@@ -1,0 +1,74 @@
+"""What `generate --from-file` and `seed-gallery` share: prompt files, one progress bar for
+the batch, a summary table, and the exit code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.markup import escape
+from rich.table import Table
+
+from imagen4ctl.errors import GenerationFailed, UsageError
+from imagen4ctl.output import console, print_json, progress_bar
+
+if TYPE_CHECKING:
+    from imagen4ctl.services.generation import GenerationService, GenerationSpec, Outcome
+
+
+def read_prompt_file(path: Path) -> list[tuple[str, str]]:
+    """`PROMPT` or `RATIO<TAB>PROMPT` lines; blank lines and `#` comments are skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read prompts file {path}: {e}") from e
+    pairs: list[tuple[str, str]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        ratio, tab, prompt = line.partition("\t")
+        pair = (ratio, prompt) if tab else ("1:1", line)
+        if not pair[1].strip():
+            raise UsageError(f"{path}, line {number}: the prompt is empty")
+        pairs.append(pair)
+    if not pairs:
+        raise UsageError(f"{path} has no prompts")
+    return pairs
+
+
+def run_and_report(
+    service: GenerationService,
+    specs: list[GenerationSpec],
+    *,
+    concurrency: int,
+    timeout: float,
+    title: str,
+    json_out: bool,
+    json_extra: dict[str, object] | None = None,
+) -> list[Outcome]:
+    """Run the batch with one progress bar, print the summary (or JSON), fail if any failed."""
+    with progress_bar(len(specs), title) as advance:
+        outcomes = service.run_batch(
+            specs, concurrency=concurrency, timeout=timeout,
+            on_done=lambda o: advance(f"generation {o.id} {o.status}: {o.prompt}"),
+        ) if specs else []
+    if json_out:
+        items = [o.to_json() | {"prompt": o.prompt, "aspect_ratio": o.aspect_ratio}
+                 for o in outcomes]
+        print_json({**json_extra, "items": items} if json_extra is not None else items)
+    else:
+        table = Table(title=title, title_justify="left")
+        for column in ("id", "ratio", "prompt", "status", "seconds", "images / error"):
+            table.add_column(column)
+        for o in outcomes:
+            detail = ", ".join(i.key for i in o.images) if o.images else (o.error or "")
+            table.add_row(str(o.id), o.aspect_ratio or "", escape(o.prompt), o.status,
+                          f"{o.seconds:.1f}", escape(detail),
+                          style=None if o.status == "COMPLETED" else "red")
+        console.print(table)
+    failed = [o for o in outcomes if o.status != "COMPLETED"]
+    if failed:
+        raise GenerationFailed(f"{len(failed)} of {len(outcomes)} generations did not complete",
+                               hint="See the table; `imagen4ctl fix-pending` collects those "
+                               "still PROCESSING.")
+    return outcomes

@@ -1,0 +1,38 @@
+"""Heavy libraries are imported only by the commands that need them (a behaviour, not a timing)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import sys
+from imagen4ctl.cli import main
+sys.argv = ["imagen4ctl", *{args!r}]
+try:
+    main()
+except SystemExit:
+    pass
+print("LOADED=" + ",".join(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)
+"""
+HEAVY = ("fal_client", "minio", "sqlalchemy", "httpx", "urllib3", "PIL", "alembic")
+
+
+def loaded(*args: str) -> set[str]:
+    result = subprocess.run([sys.executable, "-c", PROBE.format(args=list(args), heavy=HEAVY)],
+                            capture_output=True, text=True, timeout=60, env={**os.environ})
+    line = [x for x in result.stderr.splitlines() if x.startswith("LOADED=")][-1]
+    return set(filter(None, line.removeprefix("LOADED=").split(",")))
+
+
+@pytest.mark.parametrize("args", [["--help"], ["generate", "--help"], ["fix-pending", "--help"],
+                                  ["user-images", "--help"], ["--version"]])
+def test_help_imports_nothing_heavy(args: list[str]) -> None:
+    assert loaded(*args) == set()
+
+
+def test_offline_check_config_opens_no_network_library() -> None:
+    assert loaded("check-config", "--offline") <= {"sqlalchemy"}  # the SQLite check needs it
