@@ -17,6 +17,7 @@ from imagen4ctl import __version__
 from imagen4ctl.commands import (
     check_config,
     db,
+    demo,
     emulator,
     fix_pending,
     generate,
@@ -99,6 +100,7 @@ def root(
     ctx.obj = AppContext(settings, debug=debug)
 
 
+app.command("demo")(guarded(demo.demo))
 app.command("check-config")(guarded(check_config.check_config))
 app.command("user-images")(guarded(user_images.user_images))
 app.command("generate")(guarded(generate.generate))

@@ -48,13 +48,13 @@ def format_duration(seconds: float) -> str:
     total = max(0, int(seconds))
     if total >= 96 * 3600:
         days, rest = divmod(total, 86400)
-        return f"{days}d {rest // 3600}h"
+        return f"{days}d {rest // 3600}h" if rest >= 3600 else f"{days}d"
     hours, rest = divmod(total, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
-        return f"{hours}h {minutes}m"
+        return f"{hours}h {minutes}m" if minutes else f"{hours}h"
     if minutes:
-        return f"{minutes}m {secs}s"
+        return f"{minutes}m {secs}s" if secs else f"{minutes}m"
     return f"{secs}s"
 
 

@@ -1,0 +1,1 @@
+"""`imagen4ctl demo`: the empty-gallery incident, replayed offline against the emulator."""
