@@ -20,8 +20,10 @@ def test_bad_durations(text: str) -> None:
         parse_duration(text)
 
 
-@pytest.mark.parametrize(("seconds", "text"), [(119040, "33h 4m"), (1800, "30m"), (1805, "30m 5s"), (7200, "2h"), (5, "5s"),
-                                               (90000, "25h"), (345600, "4d"), (400000, "4d 15h"), (-3, "0s")])
+@pytest.mark.parametrize(("seconds", "text"), [
+    (119040, "33h 4m"), (1800, "30m"), (1805, "30m 5s"), (7200, "2h"), (5, "5s"),
+    (90000, "25h"), (345600, "4d"), (400000, "4d 15h"), (-3, "0s"),
+])
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
 
