@@ -44,12 +44,13 @@ def run_and_report(
     timeout: float,
     title: str,
     json_out: bool,
+    unique: bool = False,
     json_extra: dict[str, object] | None = None,
 ) -> list[Outcome]:
     """Run the batch with one progress bar, print the summary (or JSON), fail if any failed."""
     with progress_bar(len(specs), title) as advance:
         outcomes = service.run_batch(
-            specs, concurrency=concurrency, timeout=timeout,
+            specs, concurrency=concurrency, timeout=timeout, unique=unique,
             on_done=lambda o: advance(f"generation {o.id} {o.status}: {o.prompt}"),
         ) if specs else []
     if json_out:

@@ -46,14 +46,14 @@ def seed_gallery(
     owner = resolve_user_id(app, user_id)
     pairs = read_prompt_file(prompts) if prompts is not None else list(GALLERY)
     service = app.generation_service()
-    done = set() if force else service.completed_pairs(owner)
+    done = set() if force else service.existing_pairs(owner)
     todo = [(ratio, prompt) for ratio, prompt in pairs if (prompt, ratio) not in done]
     skipped = len(pairs) - len(todo)
     if skipped and not json_out:
-        info(f"{skipped} of {len(pairs)} already COMPLETED for user {owner}: skipped "
-             "(--force regenerates them)")
+        info(f"{skipped} of {len(pairs)} already COMPLETED or in flight for user {owner}: "
+             "skipped (--force regenerates them)")
     specs = [GenerationSpec(user_id=owner, prompt=p, aspect_ratio=r) for r, p in todo]
     seconds = timeout if timeout is not None else app.settings.timeout
-    run_and_report(service, specs, concurrency=concurrency, timeout=seconds,
+    run_and_report(service, specs, concurrency=concurrency, timeout=seconds, unique=not force,
                    title=f"gallery of user {owner}", json_out=json_out,
                    json_extra={"user_id": owner, "skipped": skipped})

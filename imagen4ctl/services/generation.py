@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, func, select, update
 
 from imagen4ctl.adapters.download import ImageRejected, open_image
 from imagen4ctl.adapters.fal import (
@@ -205,13 +205,16 @@ class GenerationService:
                                hint="Create it, or set MINIO_BUCKET / IMAGES_DIR.")
         return fal
 
-    def create(self, spec: GenerationSpec) -> int:
+    def _new_row(self, spec: GenerationSpec) -> Generation:
         params = {k: v for k, v in spec.arguments().items() if k not in {"prompt",
                                                                           "aspect_ratio"}}
+        return Generation(user_id=spec.user_id, kind=spec.kind, status=PENDING,
+                          prompt=spec.prompt, aspect_ratio=spec.aspect_ratio,
+                          fal_endpoint=self.model, params=params)
+
+    def create(self, spec: GenerationSpec) -> int:
         with self.database.session() as session:
-            row = Generation(user_id=spec.user_id, kind=spec.kind, status=PENDING,
-                             prompt=spec.prompt, aspect_ratio=spec.aspect_ratio,
-                             fal_endpoint=self.model, params=params)
+            row = self._new_row(spec)
             session.add(row)
             session.commit()
             return row.id
@@ -474,15 +477,21 @@ class GenerationService:
         *,
         concurrency: int,
         timeout: float,
+        unique: bool = False,
         on_progress: ProgressCallback | None = None,
         on_done: Callable[[Outcome], None] | None = None,
     ) -> list[Outcome]:
         """Generate many specs with at most `concurrency` in flight; each has its own deadline.
 
         Rows are created up front (cheap, and a crash leaves them visible to fix-pending).
+        With `unique`, a (user, prompt, ratio) that already has a row COMPLETED or in flight
+        is not created again, even by runs started at the same time.
         """
         self.preflight()
-        ids = [self.create(spec) for spec in specs]
+        if unique:
+            created = self.create_unique(specs)
+        else:
+            created = [(self.create(spec), spec) for spec in specs]
 
         def one(pair: tuple[int, GenerationSpec]) -> Outcome:
             generation_id, spec = pair
@@ -492,17 +501,55 @@ class GenerationService:
             return outcome
 
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-            return list(pool.map(one, zip(ids, specs, strict=True)))
+            return list(pool.map(one, created))
 
-    def completed_pairs(self, user_id: str, kind: str = IMAGEN4) -> set[tuple[str, str | None]]:
-        """(prompt, aspect ratio) pairs this user already has COMPLETED: for idempotent seeding."""
+    def create_unique(self, specs: Sequence[GenerationSpec]) -> list[tuple[int, GenerationSpec]]:
+        """Insert rows for the specs whose (user, kind, prompt, ratio) has no COMPLETED or
+        in-flight row yet, in one transaction that concurrent runs serialize on."""
+        created: list[tuple[int, GenerationSpec]] = []
+        with self.database.session() as session:
+            users = sorted({spec.user_id for spec in specs})
+            if self.database.is_sqlite:
+                # Any write takes SQLite's one writer lock for the rest of the transaction.
+                session.execute(update(Generation).where(Generation.id == -1).values(id=-1))
+            else:
+                for user in users:
+                    session.execute(select(func.pg_advisory_xact_lock(_lock_key(user))))
+            existing = set(session.execute(
+                select(Generation.user_id, Generation.kind, Generation.prompt,
+                       Generation.aspect_ratio)
+                .where(Generation.user_id.in_(users),
+                       Generation.status.in_((COMPLETED, PENDING, PROCESSING)))
+            ).tuples())
+            for spec in specs:
+                identity = (spec.user_id, spec.kind, spec.prompt, spec.aspect_ratio)
+                if identity in existing:
+                    continue
+                existing.add(identity)
+                row = self._new_row(spec)
+                session.add(row)
+                session.flush()
+                created.append((row.id, spec))
+            session.commit()
+        return created
+
+    def existing_pairs(self, user_id: str, kind: str = IMAGEN4) -> set[tuple[str, str | None]]:
+        """(prompt, aspect ratio) pairs this user has COMPLETED or in flight: seeding skips them."""
         with self.database.session() as session:
             rows = session.execute(
                 select(Generation.prompt, Generation.aspect_ratio).where(
                     Generation.user_id == user_id, Generation.kind == kind,
-                    Generation.status == COMPLETED).distinct()
+                    Generation.status.in_((COMPLETED, PENDING, PROCESSING))).distinct()
             )
             return {(prompt, ratio) for prompt, ratio in rows}
+
+
+def _lock_key(user_id: str) -> int:
+    """A stable 63-bit advisory-lock key for seeding one user's gallery."""
+    import hashlib
+
+    digest = hashlib.sha256(f"imagen4ctl-seed:{user_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 def _with_hint(error: Imagen4ctlError, cause: Imagen4ctlError) -> Imagen4ctlError:

@@ -83,3 +83,16 @@ def test_killed_run_leaves_rows_the_next_run_finishes(pg_env: dict[str, str],
     assert sql(db, "SELECT status, count(*) FROM generations GROUP BY status") == [
         ("COMPLETED", 5)]
     assert fal_emulator.log.submission_count(prompt_contains="kill-stuck") == 5  # none twice
+
+
+def test_two_seed_galleries_at_once_make_five_rows(pg_env: dict[str, str],
+                                                   fal_emulator: Any) -> None:
+    db = pg_env["DATABASE_URL"]
+    fal_emulator.latency = 0.5
+    runs = [spawn(pg_env, "seed-gallery", "--user-id", "77", "--json") for _ in range(2)]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert all(run.returncode == 0 for run in runs), outputs
+    assert sql(db, "SELECT status, count(*) FROM generations GROUP BY status") == [
+        ("COMPLETED", 5)]
+    assert sql(db, "SELECT count(DISTINCT prompt) FROM generations") == [(5,)]
+    assert fal_emulator.log.submission_count(prompt_contains="An old castle") == 1
