@@ -74,8 +74,13 @@ VARIABLES: tuple[Variable, ...] = (
 BY_NAME = {v.name: v for v in VARIABLES}
 SECRET_NAMES = frozenset(v.name for v in VARIABLES if v.secret)
 
+# Fault injection for the crash-safety tests: the process SIGKILLs itself at this phase of
+# a generation. Not a setting: check-config does not list it.
+CRASH_AT_VARIABLE = "IMAGEN4CTL_CRASH_AT"
+
 # fal_client's own variables that are legitimate but imagen4ctl does not read.
-_FOREIGN_KNOWN = frozenset({"FAL_HOME_DIR", "FAL_FORCE_AUTH_BY_USER", "FAL_PROFILE"})
+_FOREIGN_KNOWN = frozenset({"FAL_HOME_DIR", "FAL_FORCE_AUTH_BY_USER", "FAL_PROFILE",
+                            CRASH_AT_VARIABLE})
 # Names people type instead of the real ones; the incident was one of these.
 _NEAR_MISS_ALIASES = {
     "FAL_API_TOKEN": "FAL_KEY",
@@ -201,6 +206,14 @@ def resolve_fal_key(values: Mapping[str, Value]) -> FalKey:
                       "key from FAL_KEY_ID and FAL_KEY_SECRET")
     return FalKey(None, None, "fail", "no fal key: FAL_KEY is not set",
                   "Set FAL_KEY (or FAL_API_KEY) to your fal.ai API key.")
+
+
+def crash_point(phase: str) -> None:
+    """Die here, as `kill -9` would, when the crash-safety tests ask for this phase."""
+    if os.environ.get(CRASH_AT_VARIABLE) == phase:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def export_fal_key(key: FalKey, environ: MutableMapping[str, str] | None = None) -> bool:

@@ -47,6 +47,7 @@ from imagen4ctl.errors import (
     UsageError,
 )
 from imagen4ctl.keys import object_key, validate_user_id
+from imagen4ctl.settings import crash_point
 
 if TYPE_CHECKING:
     from imagen4ctl.adapters.storage import Storage
@@ -273,6 +274,7 @@ class GenerationService:
         try:
             notify(Progress(generation_id, "submitting"))
             self._update(generation_id, [PENDING], submit_started_at=utcnow())
+            crash_point("before_submit")
             try:
                 request_id = fal.submit(endpoint, spec.arguments(), deadline)
             except FalSubmissionUnknown as e:
@@ -286,6 +288,7 @@ class GenerationService:
                 self._fail(outcome, e.message, [PENDING])
                 outcome.exception = _with_hint(GenerationFailed(e.message), e)
                 return outcome
+            crash_point("after_submit")
             self._record_submission(generation_id, request_id)
             outcome.status, outcome.fal_request_id = PROCESSING, request_id
             if not wait:
@@ -366,6 +369,7 @@ class GenerationService:
                 hint=(e.hint or "Fix storage") + "; then `imagen4ctl fix-pending` copies it.")
             return
         keys = [image.key for image in outcome.images]
+        crash_point("stored")
         if self._update(outcome.id, [PROCESSING, PENDING], status=COMPLETED, result_urls=keys,
                         completed_at=utcnow(), error=None):
             outcome.status, outcome.error = COMPLETED, None
@@ -406,8 +410,10 @@ class GenerationService:
             if status.state == "COMPLETED":
                 return status
             if status.state == "IN_QUEUE":
+                crash_point("queued")
                 notify(Progress(outcome.id, "queued", queue_position=status.queue_position))
             else:
+                crash_point("running")
                 new_logs = status.logs[seen_logs:]
                 seen_logs = len(status.logs)
                 notify(Progress(outcome.id, "running", new_logs[-1] if new_logs else ""))
@@ -456,10 +462,12 @@ class GenerationService:
                 with open_image(url, max_bytes=self.max_image_bytes, deadline=deadline,
                                 trusted_hosts=self.trusted_hosts) as (head, stream):
                     key = object_key(self.prefix, user_id, generation_id, n, head.ext)
+                    crash_point("downloading")
                     info = self.storage.put_stream(key, stream, content_type=head.content_type,
                                                    length=head.length)
                 stored.append(StoredImage(key, self.storage.presigned_url(key, LINK_EXPIRY),
                                           head.width, head.height, head.content_type, info.size))
+                crash_point("uploading")  # some images stored, the row not yet updated
         except BaseException:
             for image in stored:
                 try:
