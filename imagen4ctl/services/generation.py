@@ -523,12 +523,12 @@ class GenerationService:
             else:
                 for user in users:
                     session.execute(select(func.pg_advisory_xact_lock(_lock_key(user))))
-            existing = set(session.execute(
+            existing = {tuple(row) for row in session.execute(
                 select(Generation.user_id, Generation.kind, Generation.prompt,
                        Generation.aspect_ratio)
                 .where(Generation.user_id.in_(users),
                        Generation.status.in_((COMPLETED, PENDING, PROCESSING)))
-            ).tuples())
+            )}
             for spec in specs:
                 identity = (spec.user_id, spec.kind, spec.prompt, spec.aspect_ratio)
                 if identity in existing:
