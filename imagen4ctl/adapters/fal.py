@@ -252,6 +252,11 @@ class FalAdapter:
         except fal_client.FalClientHTTPError as e:
             raise http_error(what, e.status_code, e.message, self.key_source) from e
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            if submitting:  # a 200 we cannot read may still be an accepted, billed request
+                raise FalSubmissionUnknown(
+                    "fal sent a malformed answer to the submission",
+                    hint="`imagen4ctl fix-pending` finds it at fal instead of paying twice.",
+                ) from e
             raise FalError(f"fal sent a malformed answer to the {what}") from e
 
 

@@ -13,6 +13,7 @@ from imagen4ctl.commands.user_images import parse_duration_option
 from imagen4ctl.context import AppContext
 from imagen4ctl.durations import format_duration
 from imagen4ctl.errors import FalCredentialsMissing, UsageError
+from imagen4ctl.keys import validate_user_id
 from imagen4ctl.output import JsonOption, console, info, print_json
 
 if TYPE_CHECKING:
@@ -64,6 +65,8 @@ def fix_pending(
     from imagen4ctl.services.recovery import Recovery, RecoveryOptions
     from imagen4ctl.services.recovery import restore as restore_rows
 
+    if user_id is not None:
+        validate_user_id(user_id)
     app = AppContext.from_typer(ctx)
     if restore is not None:
         if apply or delete or resubmit:

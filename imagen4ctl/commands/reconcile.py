@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from imagen4ctl.context import AppContext
+from imagen4ctl.keys import validate_user_id
 from imagen4ctl.output import JsonOption, console, print_json
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ def reconcile(
     from imagen4ctl.services.reconcile import Reconciler
     from imagen4ctl.services.recovery import Recovery, RecoveryOptions
 
+    if user_id is not None:
+        validate_user_id(user_id)
     app = AppContext.from_typer(ctx)
     service = app.generation_service()
     recovery = Recovery(service, default_model=app.settings.model,

@@ -11,6 +11,7 @@ from rich.table import Table
 from imagen4ctl.context import AppContext
 from imagen4ctl.durations import format_duration, parse_duration
 from imagen4ctl.errors import Imagen4ctlError
+from imagen4ctl.keys import validate_user_id
 from imagen4ctl.output import JsonOption, console, print_json, print_warning
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ def user_images(
     """
     from imagen4ctl.services import stats
 
+    if user_id is not None:
+        validate_user_id(user_id)
     app = AppContext.from_typer(ctx)
     threshold = parse_duration_option(stuck_after, "--stuck-after", app.settings.stuck_after)
     storage = _storage_or_none(app) if recent else None
