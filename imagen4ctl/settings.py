@@ -376,7 +376,13 @@ class Settings:
 
     @property
     def images_prefix(self) -> str:
-        return self._or_default("IMAGES_PREFIX")
+        from imagen4ctl.keys import validate_prefix
+
+        prefix = self._or_default("IMAGES_PREFIX")
+        try:
+            return validate_prefix(prefix)
+        except ConfigError as e:
+            raise ConfigError(f"IMAGES_PREFIX: {e.message}", hint=e.hint) from e
 
     @property
     def images_dir(self) -> Path:

@@ -1,0 +1,91 @@
+"""`imagen4ctl emulator`: fal's queue API for Imagen 4 on this machine, for trying things out."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from imagen4ctl.errors import UsageError
+from imagen4ctl.output import err_console
+
+
+def emulator(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="TCP port; 0 picks a free one.")
+    ] = 0,
+    latency: Annotated[
+        float, typer.Option(min=0.0, help="Seconds from submission to a finished request.")
+    ] = 2.0,
+    key: Annotated[
+        list[str] | None,
+        typer.Option("--key", metavar="KEY",
+                     help="Accepted FAL_KEY (repeatable). Default: any non-empty key."),
+    ] = None,
+    fault: Annotated[
+        str | None,
+        typer.Option(metavar="SPEC",
+                     help="Run-wide faults: POINT=ACTION items, e.g. 'submit=429x3,file=slow:5'."),
+    ] = None,
+    cert_dir: Annotated[
+        Path | None,
+        typer.Option(file_okay=False, help="Where ca.pem is written. Default: a temp dir."),
+    ] = None,
+) -> None:
+    """Serve fal's queue API for Imagen 4 locally over HTTPS, until Ctrl-C.
+
+    Prints `export NAME=value` lines that point fal_client and imagen4ctl at it.
+
+    Example: imagen4ctl emulator --port 8443 --latency 1 > fal-emulator.env
+
+    Then, in another shell: set -a; . ./fal-emulator.env; set +a; FAL_KEY=any imagen4ctl ...
+    """
+    from imagen4ctl.emulator import FalEmulator, FaultSpecError, parse_faults
+
+    try:
+        faults = parse_faults(fault)
+    except FaultSpecError as e:
+        raise typer.BadParameter(str(e), param_hint="--fault") from None
+
+    stop = threading.Event()
+    server = FalEmulator(latency=latency, accepted_keys=key or None, faults=faults, host=host,
+                         port=port, cert_dir=cert_dir)
+    try:
+        server.start()
+    except OSError as e:
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}",
+                         hint="Pick another --port, or 0 for a free one.") from e
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    # SIGTERM (a service manager, `kill`) stops as cleanly as Ctrl-C; only the main thread may
+    # install handlers, so a command run from another thread simply keeps the default.
+    previous = (signal.signal(signal.SIGTERM, request_stop)
+                if threading.current_thread() is threading.main_thread() else None)
+    try:
+        for name, value in server.env().items():
+            typer.echo(f"export {name}={shlex.quote(value)}")
+        keys = "the --key values" if key else "any non-empty FAL_KEY"
+        err_console.print(f"fal emulator on {server.base_url} (accepts {keys}"
+                          f"{', faults ' + faults.describe() if faults else ''}); Ctrl-C stops it")
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        server.stop()
+    err_console.print("fal emulator stopped")
+
+
+if __name__ == "__main__":  # `python -m imagen4ctl.commands.emulator`, with the CLI's error rules
+    from imagen4ctl.cli import guarded
+
+    typer.run(guarded(emulator))
