@@ -20,7 +20,10 @@ from imagen4ctl.commands import (
     demo,
     emulator,
     fix_pending,
+    gallery,
     generate,
+    health,
+    metrics,
     reconcile,
     seed_gallery,
     user_images,
@@ -32,6 +35,12 @@ from imagen4ctl.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 _debug = False
+
+
+def with_readme(error: Imagen4ctlError) -> str:
+    """The hint, and the README section that explains the error."""
+    where = f"README.md#{error.readme}"
+    return f"{error.hint} (see {where})" if error.hint else f"see {where}"
 
 
 def guarded(fn: F) -> F:
@@ -46,7 +55,7 @@ def guarded(fn: F) -> F:
         except Imagen4ctlError as e:
             if _debug:
                 raise
-            print_error(e.message, e.hint)
+            print_error(e.message, with_readme(e))
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             print_error("interrupted")
@@ -107,7 +116,10 @@ app.command("generate")(guarded(generate.generate))
 app.command("seed-gallery")(guarded(seed_gallery.seed_gallery))
 app.command("fix-pending")(guarded(fix_pending.fix_pending))
 app.command("reconcile")(guarded(reconcile.reconcile))
+app.command("gallery")(guarded(gallery.gallery))
 app.command("emulator")(guarded(emulator.emulator))
+app.command("health", cls=health.HealthCommand)(guarded(health.health))
+app.command("metrics")(guarded(metrics.metrics))
 db_app = typer.Typer(help="Database schema: create, upgrade, show the revision.",
                      no_args_is_help=True)
 db_app.command("upgrade")(guarded(db.upgrade))

@@ -86,10 +86,12 @@ def progress_bar(total: int, description: str) -> Iterator[Callable[[str], None]
 
     if not err_console.is_terminal:
         done = [0]
+        every = 1 if total <= 20 else -(-total // 10)  # at most about ten lines for a big batch
 
         def plain(note: str) -> None:
             done[0] += 1
-            info(f"[{done[0]}/{total}] {note}")
+            if done[0] % every == 0 or done[0] == total:
+                info(f"[{done[0]}/{total}] {note}")
 
         yield plain
         return

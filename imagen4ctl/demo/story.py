@@ -67,7 +67,8 @@ def story(workdir: Path) -> list[Step]:
              ("fix-pending", "--apply", "--resubmit"), 0, ("5 resubmit (applied)",)),
         Step("The incident's five verification images.", ("seed-gallery", "--user-id", USER), 0,
              ("Beautiful sunset over the mountains", "An old castle")),
-        Step(f"Now: {AVATARS} + 10 = 147, nothing stuck.", ("user-images", USER), 0,
+        Step(f"Now: {AVATARS} + 10 = 147, nothing stuck.",
+             ("user-images", USER, "--recent", "0"), 0,
              ("user 42 — 147 generations", "nothing stuck")),
         Step("Health again.", ("health",), 0, ("OK",)),
         Step("A contact sheet of the gallery.",
@@ -100,6 +101,10 @@ def add_avatars(workdir: Path) -> None:
     from imagen4ctl.db.session import parse_database_url
 
     when = datetime.now(UTC) - timedelta(days=30)
+    folder = workdir / "images" / "avatars" / USER
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(AVATARS):  # real images: the gallery shows them
+        (folder / f"{n}.png").write_bytes(_avatar_png(n))
     engine = create_engine(parse_database_url("sqlite:///" + str(workdir / "demo.db")))
     with engine.begin() as connection:
         connection.execute(insert(Generation), [
@@ -107,6 +112,19 @@ def add_avatars(workdir: Path) -> None:
              "aspect_ratio": "1:1", "result_urls": [f"avatars/{USER}/{n}.png"],
              "created_at": when, "updated_at": when} for n in range(AVATARS)])
     engine.dispose()
+
+
+def _avatar_png(n: int) -> bytes:
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (96, 96), (40 + n % 7 * 30, 90 + n % 5 * 30, 160 - n % 3 * 40))
+    ImageDraw.Draw(image).ellipse((24, 14, 72, 62), fill=(245, 220, 190))
+    ImageDraw.Draw(image).rectangle((18, 66, 78, 96), fill=(30, 30, 60))
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
 
 
 def run_step(step: Step, env: dict[str, str], cwd: Path) -> StepResult:
