@@ -10,16 +10,19 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from imagen4ctl.settings import styling_disabled
+
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON only, on stdout.")]
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+_COLOR: Literal["auto"] | None = None if styling_disabled() else "auto"
+console = Console(highlight=False, color_system=_COLOR)
+err_console = Console(stderr=True, highlight=False, color_system=_COLOR)
 
 _secrets: set[str] = set()
 

@@ -208,6 +208,11 @@ def resolve_fal_key(values: Mapping[str, Value]) -> FalKey:
                   "Set FAL_KEY (or FAL_API_KEY) to your fal.ai API key.")
 
 
+def styling_disabled() -> bool:
+    """NO_COLOR (no-color.org), read when the consoles are made: no colour, no bold, no dim."""
+    return bool(os.environ.get("NO_COLOR"))
+
+
 def crash_point(phase: str) -> None:
     """Die here, as `kill -9` would, when the crash-safety tests ask for this phase."""
     if os.environ.get(CRASH_AT_VARIABLE) == phase:

@@ -84,7 +84,8 @@ def upgrade(db: Database) -> UpgradeResult:
         if state.adoptable:
             command.stamp(config, BASE_REVISION)
         command.upgrade(config, "head")
-    return UpgradeResult(state.current, head_revision(), state.adoptable)
+    before = BASE_REVISION if state.adoptable else state.current
+    return UpgradeResult(before, head_revision(), state.adoptable)
 
 
 def require_current(db: Database) -> None:
