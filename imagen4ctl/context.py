@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from imagen4ctl.adapters.storage import Storage
     from imagen4ctl.db.session import Database
     from imagen4ctl.services.generation import GenerationService
+    from imagen4ctl.services.recovery import Recovery, RecoveryOptions
 
 
 @dataclass
@@ -72,6 +73,15 @@ class AppContext:
             return None
         export_fal_key(key)
         return FalAdapter(key.value, key_source=key.source)
+
+    def recovery(self, options: RecoveryOptions) -> Recovery:
+        """fix-pending's engine (reconcile reuses it), on the one generation service."""
+        from imagen4ctl.services.recovery import Recovery
+
+        settings = self.settings
+        return Recovery(self.generation_service(), default_model=settings.model,
+                        platform_url=settings.platform_api_url,
+                        fal_key=settings.fal_key.value or "", options=options)
 
     def generation_service(self) -> GenerationService:
         from imagen4ctl.services.generation import GenerationService

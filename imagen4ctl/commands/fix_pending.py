@@ -62,7 +62,7 @@ def fix_pending(
 
     Example: imagen4ctl fix-pending --apply --resubmit
     """
-    from imagen4ctl.services.recovery import Recovery, RecoveryOptions
+    from imagen4ctl.services.recovery import RecoveryOptions
     from imagen4ctl.services.recovery import restore as restore_rows
 
     if user_id is not None:
@@ -80,11 +80,8 @@ def fix_pending(
         kind=kind, user_id=user_id, apply=apply, resubmit=resubmit, force=force, delete=delete,
         backup=backup, limit=limit, concurrency=concurrency, timeout=timeout,
     )
-    service = app.generation_service()
-    key = app.settings.fal_key
-    recovery = Recovery(service, default_model=app.settings.model,
-                        platform_url=app.settings.platform_api_url, fal_key=key.value or "",
-                        options=options)
+    recovery = app.recovery(options)
+    service = recovery.service
     candidates = recovery.candidates()
     if candidates:
         if service.fal is None:

@@ -33,17 +33,13 @@ def reconcile(
     Example: imagen4ctl reconcile --fix
     """
     from imagen4ctl.services.reconcile import Reconciler
-    from imagen4ctl.services.recovery import Recovery, RecoveryOptions
+    from imagen4ctl.services.recovery import RecoveryOptions
 
     if user_id is not None:
         validate_user_id(user_id)
     app = AppContext.from_typer(ctx)
-    service = app.generation_service()
-    recovery = Recovery(service, default_model=app.settings.model,
-                        platform_url=app.settings.platform_api_url,
-                        fal_key=app.settings.fal_key.value or "",
-                        options=RecoveryOptions(older_than=0, kind=kind, apply=fix))
-    if fix and service.fal is None:
+    recovery = app.recovery(RecoveryOptions(older_than=0, kind=kind, apply=fix))
+    if fix and recovery.service.fal is None:
         from imagen4ctl.errors import FalCredentialsMissing
 
         raise FalCredentialsMissing("--fix needs a fal key to fetch images again",

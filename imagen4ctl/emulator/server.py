@@ -632,16 +632,25 @@ class FalEmulator:
                           "timestamp": job.wall(moment).isoformat()})
         return shown
 
-    def _status(self, request: Request, app: str, request_id: str, trace: _Trace) -> Reply:
+    def _find(self, request: Request, app: str, request_id: str, trace: _Trace, point: str,
+              missing: dict[str, str] | None = None) -> _Job | Reply:
+        """The request's job, or the answer that stops here: auth, unknown id, a fault."""
         denied = self._auth(request, trace)
         if denied is not None:
             return denied
         job = self._job(app, request_id)
         if job is None:
-            return _json_reply(404, {"detail": "Request not found"})
-        fault = self._fire("status", job.directives, request_id)
+            return _json_reply(404, missing or {"detail": "Request not found"})
+        fault = self._fire(point, job.directives, request_id)
         if fault is not None and (reply := self._http_fault(fault, request_id)) is not None:
             return reply
+        return job
+
+    def _status(self, request: Request, app: str, request_id: str, trace: _Trace) -> Reply:
+        found = self._find(request, app, request_id, trace, "status")
+        if isinstance(found, Reply):
+            return found
+        job = found
         now = time.monotonic()
         with self._lock:
             phase = self._phase(job, now)
@@ -662,15 +671,10 @@ class FalEmulator:
         return _json_reply(200, body, request_id)
 
     def _result(self, request: Request, app: str, request_id: str, trace: _Trace) -> Reply:
-        denied = self._auth(request, trace)
-        if denied is not None:
-            return denied
-        job = self._job(app, request_id)
-        if job is None:
-            return _json_reply(404, {"detail": "Request not found"})
-        fault = self._fire("result", job.directives, request_id)
-        if fault is not None and (reply := self._http_fault(fault, request_id)) is not None:
-            return reply
+        found = self._find(request, app, request_id, trace, "result")
+        if isinstance(found, Reply):
+            return found
+        job = found
         now = time.monotonic()
         with self._lock:
             phase = self._phase(job, now)
@@ -687,15 +691,11 @@ class FalEmulator:
         return Reply(status=outcome.status_code, body=body, headers=headers)
 
     def _cancel(self, request: Request, app: str, request_id: str, trace: _Trace) -> Reply:
-        denied = self._auth(request, trace)
-        if denied is not None:
-            return denied
-        job = self._job(app, request_id)
-        if job is None:
-            return _json_reply(404, {"status": "NOT_FOUND", "detail": "Request not found"})
-        fault = self._fire("cancel", job.directives, request_id)
-        if fault is not None and (reply := self._http_fault(fault, request_id)) is not None:
-            return reply
+        found = self._find(request, app, request_id, trace, "cancel",
+                           missing={"status": "NOT_FOUND", "detail": "Request not found"})
+        if isinstance(found, Reply):
+            return found
+        job = found
         with self._lock:
             now = time.monotonic()
             if self._phase(job, now).state == "COMPLETED":

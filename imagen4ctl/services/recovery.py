@@ -538,12 +538,10 @@ def row_to_json(row: Generation) -> dict[str, Any]:
 
 def restore(database: Any, path: Path) -> tuple[int, list[int]]:
     """Put rows from a `--backup` file back, every column intact; ids that exist are skipped."""
-    from imagen4ctl.errors import UsageError as _Usage
-
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise _Usage(f"cannot read backup file {path}: {e}") from e
+        raise UsageError(f"cannot read backup file {path}: {e}") from e
     rows: list[dict[str, Any]] = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -551,9 +549,9 @@ def restore(database: Any, path: Path) -> tuple[int, list[int]]:
         try:
             data = json.loads(line)
         except json.JSONDecodeError as e:
-            raise _Usage(f"{path}, line {number}: not a JSON object") from e
+            raise UsageError(f"{path}, line {number}: not a JSON object") from e
         if not isinstance(data, dict) or not isinstance(data.get("id"), int):
-            raise _Usage(f"{path}, line {number}: not a backed-up generation row")
+            raise UsageError(f"{path}, line {number}: not a backed-up generation row")
         row = {k: v for k, v in data.items() if k in _COLUMNS}
         for name in ("created_at", "updated_at", "submit_started_at", "submitted_at",
                      "completed_at", "claimed_at"):
