@@ -215,7 +215,9 @@ def test_canary_secrets_never_shown(cli: Cli, s3_env: dict[str, str], fal_emulat
 
 @pytest.mark.parametrize("command", [[], ["check-config"], ["db"], ["db", "upgrade"],
                                      ["db", "current"], ["generate"], ["seed-gallery"],
-                                     ["emulator"]])
+                                     ["emulator"], ["user-images"], ["fix-pending"],
+                                     ["reconcile"], ["health"], ["metrics"], ["gallery"],
+                                     ["demo"]])
 def test_every_command_answers_help(cli: Cli, command: list[str]) -> None:
     result = cli(*command, "--help")
     assert result.exit_code == 0
