@@ -9,7 +9,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, Integer, String, Text, TypeDecorator, func
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -91,6 +101,13 @@ class Generation(Base):
         Index("ix_generations_user_kind_status", "user_id", "kind", "status"),
         Index("ix_generations_status_updated", "status", "updated_at"),
         Index("ix_generations_kind_status_updated", "kind", "status", "updated_at"),
+        Index("ix_generations_user_status_updated", "user_id", "status", "updated_at"),
+        Index("ix_generations_in_flight", "updated_at",
+              postgresql_include=["status", "kind", "user_id", "created_at", "id",
+                                  "fal_request_id"],
+              postgresql_where=text("status IN ('PENDING', 'PROCESSING')"),
+              sqlite_where=text("status IN ('PENDING', 'PROCESSING')")),
+        Index("ix_generations_kind_status", "kind", "status"),
     )
 
     def __repr__(self) -> str:

@@ -48,7 +48,7 @@ def story(workdir: Path) -> list[Step]:
     gallery = workdir / "gallery"
     return [
         Step("Create the generations table in a fresh SQLite database.",
-             ("db", "upgrade"), 0, ("→ 0002",)),
+             ("db", "upgrade"), 0, ("→ 0003",)),
         Step("The bot before its fix: it writes each generation PENDING, then calls fal_client "
              "with only FAL_API_KEY set. fal_client wants FAL_KEY, the submission fails, and "
              "nothing ever moves the rows on (they are dated 30 min to 33 h 4 min ago).",

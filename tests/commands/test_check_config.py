@@ -118,11 +118,11 @@ def test_schema_missing_then_upgraded(cli: Cli, db_url: str) -> None:
     assert before["schema"]["hint"] == "Run `imagen4ctl db upgrade`."
     upgraded = cli("db", "upgrade", env=env)
     assert upgraded.exit_code == 0, upgraded.output
-    assert "→ 0002" in upgraded.stdout
+    assert "→ 0003" in upgraded.stdout
     after = checks(cli("check-config", "--json", env=env))
     assert after["schema"] == {"name": "schema", "status": "ok",
-                               "message": "revision 0002 (head)", "hint": None}
-    assert cli("db", "current", env=env).stdout.strip() == "0002 (up to date)"
+                               "message": "revision 0003 (head)", "hint": None}
+    assert cli("db", "current", env=env).stdout.strip() == "0003 (up to date)"
 
 
 def test_s3_good(cli: Cli, s3_env: dict[str, str]) -> None:

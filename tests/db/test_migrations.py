@@ -47,11 +47,11 @@ def backend(db_url: str) -> str:
 
 def test_fresh_upgrade_and_current(cli: Cli, db_url: str) -> None:
     env = {"DATABASE_URL": db_url}
-    assert cli("db", "current", env=env).stdout.strip() == "none (behind (head is 0002))"
+    assert cli("db", "current", env=env).stdout.strip() == "none (behind (head is 0003))"
     first = cli("db", "upgrade", env=env)
-    assert first.exit_code == 0 and "empty → 0002" in first.stdout
+    assert first.exit_code == 0 and "empty → 0003" in first.stdout
     again = cli("db", "upgrade", env=env)
-    assert "is up to date (revision 0002)" in again.stdout
+    assert "is up to date (revision 0003)" in again.stdout
     engine = create_engine(parse_database_url(db_url))
     indexes = {i["name"] for i in inspect(engine).get_indexes("generations")}
     engine.dispose()
@@ -65,7 +65,7 @@ def test_the_bots_table_is_adopted_with_its_rows(cli: Cli, db_url: str) -> None:
     result = cli("db", "upgrade", env={"DATABASE_URL": db_url})
     assert result.exit_code == 0, result.output
     assert "adopted the existing generations table" in result.stdout
-    assert "0001 → 0002" in result.stdout
+    assert "0001 → 0003" in result.stdout
     assert execute(db_url, "SELECT user_id, kind, status, prompt, fal_endpoint, claimed_by "
                    "FROM generations") == [("42", "avatar", "COMPLETED", "hello", None, None)]
     # a row inserted with only the bot's columns is still valid after the upgrade

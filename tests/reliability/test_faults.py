@@ -174,6 +174,6 @@ def test_schema_behind(cli: Cli, db_url: str, fal_emulator: Any) -> None:
     env = {"DATABASE_URL": db_url, "FAL_KEY": KEY, "IMAGES_DIR": "i"}
     result = cli("generate", "x", "--user-id", "1", env=env)
     line = one_clear_error(result)
-    assert "is at 0001, imagen4ctl needs 0002" in line
+    assert "is at 0001, imagen4ctl needs 0003" in line
     assert "hint: Run `imagen4ctl db upgrade`." in result.stderr
     assert sql(db_url, "SELECT count(*) FROM generations") == [(0,)]
