@@ -1,0 +1,107 @@
+"""What the benchmarks share: a scratch PostgreSQL database, timed subprocesses, medians.
+
+Each benchmark is one script run as `python bench/NAME.py`; this module sits next to it and is
+imported as `_common`.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+class BenchError(Exception):
+    """A benchmark that cannot go on (a command failed, results disagree): one clear line."""
+
+
+def database_url(dsn: str, name: str) -> str:
+    """`dsn` pointed at database `name`, as a plain postgresql:// URL (libpq and imagen4ctl)."""
+    url = make_url(dsn).set(drivername="postgresql", database=name)
+    return url.render_as_string(hide_password=False)
+
+
+def _admin_connect(dsn: str):  # type: ignore[no-untyped-def]
+    import psycopg
+
+    return psycopg.connect(database_url(dsn, make_url(dsn).database or "postgres"),
+                           autocommit=True)
+
+
+@contextmanager
+def scratch_database(dsn: str, name: str, *, keep: bool = False) -> Iterator[str]:
+    """A new, empty database for one run; dropped on the way out (error and Ctrl-C included)."""
+    from psycopg import sql
+
+    with _admin_connect(dsn) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield database_url(dsn, name)
+    finally:
+        if keep:
+            print(f"kept database {name} (--keep): DATABASE_URL={database_url(dsn, name)}")
+        else:
+            # FORCE: a subprocess killed by Ctrl-C may still hold a connection.
+            with _admin_connect(dsn) as admin:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                              .format(sql.Identifier(name)))
+
+
+def clean_env(variables: Sequence[str], **extra: str) -> dict[str, str]:
+    """This process's environment without `variables`, plus `extra`.
+
+    Keeps a developer's own FAL_KEY, MINIO_* or .env out of what is measured.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in variables}
+    env.update(extra)
+    return env
+
+
+@dataclass(frozen=True)
+class Run:
+    seconds: float
+    stdout: str
+
+
+def run_timed(cmd: Sequence[str], *, env: Mapping[str, str], cwd: Path) -> Run:
+    """Wall time of one subprocess, start-up included; a failure stops the benchmark."""
+    started = time.perf_counter()
+    done = subprocess.run(list(cmd), env=dict(env), cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+        raise BenchError(f"`{' '.join(cmd)}` exited {done.returncode}: " + " | ".join(tail))
+    return Run(seconds, done.stdout)
+
+
+@dataclass
+class Samples:
+    """Repeated timings of one measurement, in seconds."""
+
+    label: str
+    values: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def row(self) -> str:
+        lo, hi = min(self.values), max(self.values)
+        return (f"{self.label:<50} {ms(self.median):>11} {ms(lo):>11} {ms(hi):>11}"
+                f" {len(self.values):>4}")
+
+
+SAMPLES_HEADER = f"{'measurement':<50} {'median':>11} {'min':>11} {'max':>11} {'n':>4}"
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.1f} ms"
