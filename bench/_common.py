@@ -85,7 +85,7 @@ def run_timed(cmd: Sequence[str], *, env: Mapping[str, str], cwd: Path) -> Run:
 
 @dataclass
 class Samples:
-    """Repeated timings of one measurement, in seconds."""
+    """Repeated measurements of one thing: seconds (shown in ms or s) or megabytes."""
 
     label: str
     values: list[float] = field(default_factory=list)
@@ -94,9 +94,10 @@ class Samples:
     def median(self) -> float:
         return statistics.median(self.values)
 
-    def row(self) -> str:
+    def row(self, unit: str = "ms") -> str:
+        show = {"ms": ms, "s": lambda v: f"{v:,.2f} s", "MB": lambda v: f"{v:,.1f} MB"}[unit]
         lo, hi = min(self.values), max(self.values)
-        return (f"{self.label:<50} {ms(self.median):>11} {ms(lo):>11} {ms(hi):>11}"
+        return (f"{self.label:<50} {show(self.median):>11} {show(lo):>11} {show(hi):>11}"
                 f" {len(self.values):>4}")
 
 

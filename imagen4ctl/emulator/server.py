@@ -789,6 +789,9 @@ class FalEmulator:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out as separate TLS records; without TCP_NODELAY the body waits for
+    # the client's delayed ACK, about 45 ms on every answer of a kept-alive connection.
+    disable_nagle_algorithm = True
     server_version = "fal-emulator"
     sys_version = ""
     timeout = 30.0  # an idle keep-alive connection gives its thread back after this

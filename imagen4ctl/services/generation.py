@@ -58,6 +58,11 @@ RESOLUTIONS = ("1K", "2K")
 MAX_PROMPT_CHARS = 4000
 LINK_EXPIRY = timedelta(hours=1)
 FIX_PENDING_HINT = "`imagen4ctl fix-pending` will collect it."
+# An S3 upload holds up to a whole image in memory (minio buffers a part, and the previous one
+# while it reads the last). Uploads run on this many threads of their own, whatever
+# --concurrency: glibc keeps such buffers in the arena of the thread that freed them, so
+# uploads spread over 16 threads kept ~16 images resident even with fewer in flight.
+MAX_UPLOADS = 8
 
 
 @dataclass(frozen=True)
@@ -177,6 +182,8 @@ class GenerationService:
         self.max_image_bytes = max_image_bytes
         self.trusted_hosts = trusted_hosts
         self.poll_interval = poll_interval
+        self._uploads = ThreadPoolExecutor(max_workers=MAX_UPLOADS,
+                                           thread_name_prefix="upload")
 
     # --- preflight and rows ---
 
@@ -468,8 +475,9 @@ class GenerationService:
                                 trusted_hosts=self.trusted_hosts) as (head, stream):
                     key = object_key(self.prefix, user_id, generation_id, n, head.ext)
                     crash_point("downloading")
-                    info = self.storage.put_stream(key, stream, content_type=head.content_type,
-                                                   length=head.length)
+                    info = self._uploads.submit(
+                        self.storage.put_stream, key, stream, content_type=head.content_type,
+                        length=head.length).result()
                 stored.append(StoredImage(key, self.storage.presigned_url(key, LINK_EXPIRY),
                                           head.width, head.height, head.content_type, info.size))
                 crash_point("uploading")  # some images stored, the row not yet updated
