@@ -423,6 +423,7 @@ def platform_requests(
     end: str | None = None,
     max_pages: int = 20,
     trusted_hosts: frozenset[str] = frozenset(),
+    client: httpx.Client | None = None,
 ) -> Iterator[PlatformRequest]:
     """Requests of `endpoint` from fal's Platform API (GET /models/requests/by-endpoint with
     expand=payloads), newest first, page by page, every call bounded by `deadline`."""
@@ -437,10 +438,13 @@ def platform_requests(
     host = httpx.URL(url).host
     if httpx.URL(url).scheme != "https" and host not in trusted_hosts:
         raise FalError(f"refusing FAL_PLATFORM_API_URL {base_url!r}: only https is accepted")
-    with httpx.Client(headers={"Authorization": f"Key {key}"}, follow_redirects=False) as http:
+    # A caller making many lookups passes its client: a new one loads the CA bundle each time.
+    http = client or httpx.Client(follow_redirects=False)
+    auth = {"Authorization": f"Key {key}"}
+    try:
         for _ in range(max_pages):
             try:
-                response = http.get(url, params=params,
+                response = http.get(url, params=params, headers=auth,
                                     timeout=httpx.Timeout(deadline.bound(30.0)))
             except httpx.TransportError as e:
                 raise FalUnavailable(f"cannot reach fal's Platform API at {host}: "
@@ -470,6 +474,9 @@ def platform_requests(
             if not data.get("has_more") or not cursor:
                 return
             params["cursor"] = cursor
+    finally:
+        if client is None:
+            http.close()
 
 
 def _platform_message(response: httpx.Response) -> str:

@@ -18,9 +18,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 from sqlalchemy import and_, delete, insert, or_, select, update
 
 from imagen4ctl.adapters.fal import (
@@ -172,6 +174,11 @@ class Recovery:
         self.options = options
         self.token = claim_token()
 
+    @cached_property
+    def _platform_http(self) -> httpx.Client:
+        """One client for every Platform API lookup of a run (thread-safe, CA loaded once)."""
+        return httpx.Client(follow_redirects=False)
+
     # --- finding ---
 
     def stuck_rows(self) -> Iterator[Generation]:
@@ -306,7 +313,7 @@ class Recovery:
             found = next(iter(platform_requests(
                 self.platform_url, self.fal_key, item.endpoint, Deadline(30.0),
                 request_id=item.fal_request_id, start=_iso(utcnow() - timedelta(days=90)),
-                trusted_hosts=self.service.trusted_hosts)), None)
+                trusted_hosts=self.service.trusted_hosts, client=self._platform_http)), None)
         except PlatformRefused as e:
             item.action = "delete" if self.options.delete else "fail"
             item.error = f"{reason}; {e.message}"
@@ -344,7 +351,7 @@ class Recovery:
             for record in platform_requests(
                 self.platform_url, self.fal_key, item.endpoint, Deadline(30.0),
                 start=_iso(mark - timedelta(minutes=1)), end=_iso(utcnow() + timedelta(minutes=1)),
-                trusted_hosts=self.service.trusted_hosts,
+                trusted_hosts=self.service.trusted_hosts, client=self._platform_http,
             ):
                 arguments = record.json_input if isinstance(record.json_input, dict) else {}
                 if item.spec is not None and arguments.get("prompt") == item.spec.prompt and \
