@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # so `tests.plugins.s3` can be imported from a bench
 
-from _common import SAMPLES_HEADER, BenchError, Samples  # noqa: E402, F401  (re-exported)
+from _common import SAMPLES_HEADER, BenchError, Samples, clean_env  # noqa: E402, F401
 
 from imagen4ctl.settings import VARIABLES  # noqa: E402
 
@@ -37,9 +37,7 @@ KEY = "bench-key-0001"
 
 def bench_env(**extra: str) -> dict[str, str]:
     """This process's environment without imagen4ctl's variables, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if k not in OWN_VARIABLES}
-    env.update(extra)
-    return env
+    return clean_env(OWN_VARIABLES, **extra)
 
 
 @dataclass(frozen=True)
