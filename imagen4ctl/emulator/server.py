@@ -770,8 +770,12 @@ class FalEmulator:
 
     def _platform_records(self, request: Request) -> list[PlatformRecord]:
         now = time.monotonic()
+        wanted = request.query.get("request_id", [None])[-1]
         with self._lock:
-            finished = [(job, self._phase(job, now)) for job in self._jobs.values()]
+            # A lookup of one request id builds one record, not one per request ever made.
+            jobs = ([self._jobs[wanted]] if wanted in self._jobs else []) if wanted else list(
+                self._jobs.values())
+            finished = [(job, self._phase(job, now)) for job in jobs]
         records = []
         for job, phase in finished:
             if phase.state != "COMPLETED" or job.cancelled_at is not None:
