@@ -7,8 +7,8 @@ from pathlib import Path
 
 from sqlalchemy import Connection, inspect
 
-from imagen4ctl.db.models import REQUIRED_COLUMNS
 from imagen4ctl.db.session import Database, translate_errors
+from imagen4ctl.db.tables import REQUIRED_COLUMNS
 from imagen4ctl.errors import SchemaError
 
 _SCRIPTS = Path(__file__).parent / "migrations"

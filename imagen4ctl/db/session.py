@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, ProgrammingError
-from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:  # the ORM is imported only by the paths that use it
+    from sqlalchemy.orm import Session, sessionmaker
 
 from imagen4ctl.errors import ConfigError, DatabaseError, SchemaError
 from imagen4ctl.settings import mask_url
@@ -87,10 +89,18 @@ class Database:
 
         The caller owns the transaction: nothing is committed here.
         """
+        from sqlalchemy.orm import sessionmaker
+
         if self._sessions is None:
             self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         with translate_errors(self), self._sessions() as session:
             yield session
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A Core connection, for read-only reports that need no ORM (and its import)."""
+        with translate_errors(self), self.engine.connect() as connection:
+            yield connection
 
     def dispose(self) -> None:
         if self._engine is not None:

@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, and_, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Connection, and_, func, select
 
-from imagen4ctl.db.models import COMPLETED, IN_FLIGHT, Generation, as_utc, utcnow
+from imagen4ctl.db.tables import COMPLETED, IN_FLIGHT, as_utc, generations, utcnow
 from imagen4ctl.durations import format_duration
 from imagen4ctl.errors import StorageError
 
@@ -107,7 +106,7 @@ def _kind_label(kind: str) -> str:
 
 
 def user_report(
-    session: Session,
+    session: Connection,
     user_id: str | None,
     *,
     stuck_after: float,
@@ -117,10 +116,13 @@ def user_report(
     storage: Storage | None = None,
     now: datetime | None = None,
 ) -> StatsReport:
-    """One user's (or, without `user_id`, the fleet's) statistics, as a few aggregate queries."""
+    """One user's (or, without `user_id`, the fleet's) statistics, as a few aggregate queries.
+
+    `session` is a Core connection (an ORM session works too): no row is loaded as an object.
+    """
     now = now or utcnow()
     cutoff = now - timedelta(seconds=stuck_after)
-    g = Generation
+    g = generations.c
     scope: list[ColumnElement[bool]] = []
     if user_id is not None:
         scope.append(g.user_id == user_id)
@@ -177,9 +179,9 @@ def user_report(
 
 
 def recent_images(
-    session: Session, scope: list[ColumnElement[bool]], count: int, storage: Storage | None
+    session: Connection, scope: list[ColumnElement[bool]], count: int, storage: Storage | None
 ) -> list[RecentImage]:
-    g = Generation
+    g = generations.c
     rows = session.execute(
         select(g.id, g.kind, g.prompt, g.result_urls)
         .where(and_(*scope, g.status == COMPLETED))
