@@ -88,3 +88,9 @@ def test_upgrade_into_a_missing_folder(cli: Cli, url: str) -> None:
     result = cli("db", "upgrade", env={"DATABASE_URL": url})
     assert result.exit_code == 1
     assert "cannot open SQLite file" in result.stderr
+
+
+def test_the_quick_revision_check_knows_the_newest_migration() -> None:
+    from imagen4ctl.db.migrate import HEAD_REVISION, head_revision
+
+    assert HEAD_REVISION == head_revision()
