@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from imagen4ctl.errors import ConfigError
 from imagen4ctl.settings import Settings, export_fal_key
 
 if TYPE_CHECKING:
@@ -50,19 +49,11 @@ class AppContext:
 
     def storage(self, *, timeout: float = 10.0) -> Storage:
         """The bucket when MINIO_ENDPOINT is set, else the local folder IMAGES_DIR."""
-        from imagen4ctl.adapters.storage import LocalStorage, S3Storage
+        from imagen4ctl.adapters.storage import LocalStorage, s3_from_settings
 
-        settings = self.settings
-        endpoint = settings.minio_endpoint
-        if endpoint is None:
-            return LocalStorage(settings.images_dir.absolute())
-        missing = [n for n in ("MINIO_ACCESS_KEY", "MINIO_SECRET_KEY") if settings.raw(n) is None]
-        if missing:
-            raise ConfigError(f"{' and '.join(missing)} not set for MINIO_ENDPOINT {endpoint}",
-                              hint=f"Set {' and '.join(missing)}, or unset MINIO_ENDPOINT.")
-        return S3Storage(endpoint, settings.raw("MINIO_ACCESS_KEY") or "",
-                         settings.raw("MINIO_SECRET_KEY") or "", settings.minio_bucket,
-                         secure=settings.minio_secure, timeout=timeout)
+        if self.settings.minio_endpoint is None:
+            return LocalStorage(self.settings.images_dir.absolute())
+        return s3_from_settings(self.settings, timeout=timeout)
 
     def fal(self) -> FalAdapter | None:
         """A fal adapter with the resolved key (exported as FAL_KEY only if that is unset)."""

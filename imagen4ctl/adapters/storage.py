@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from urllib3 import BaseHTTPResponse, PoolManager
     from urllib3.exceptions import HTTPError
 
+    from imagen4ctl.settings import Settings
+
 # Large enough that a 2 MB image is one request, small enough that an upload of unknown
 # length holds at most one part in memory (minio's minimum is 5 MiB).
 PART_SIZE = 10 * 1024 * 1024
@@ -816,3 +818,16 @@ class LocalStorage(Storage):
         _check_expires(expires)
         # A local file needs no signature; the URI is for the same machine only.
         return self._path(key).as_uri()
+
+
+def s3_from_settings(settings: Settings, *, timeout: float) -> S3Storage:
+    """The bucket the MINIO_* settings name; a missing access key or secret is a ConfigError."""
+    endpoint = settings.minio_endpoint
+    assert endpoint is not None
+    missing = [n for n in ("MINIO_ACCESS_KEY", "MINIO_SECRET_KEY") if settings.raw(n) is None]
+    if missing:
+        raise ConfigError(f"{' and '.join(missing)} not set for MINIO_ENDPOINT {endpoint}",
+                          hint=f"Set {' and '.join(missing)}, or unset MINIO_ENDPOINT.")
+    return S3Storage(endpoint, settings.raw("MINIO_ACCESS_KEY") or "",
+                     settings.raw("MINIO_SECRET_KEY") or "", settings.minio_bucket,
+                     secure=settings.minio_secure, timeout=timeout)

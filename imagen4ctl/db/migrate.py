@@ -13,6 +13,7 @@ from imagen4ctl.errors import SchemaError
 
 _SCRIPTS = Path(__file__).parent / "migrations"
 BASE_REVISION = "0001"  # the bot's own table: what an adopted table is stamped as
+HEAD_REVISION = "0003"  # the newest script in migrations/versions; a test keeps them equal
 
 
 @dataclass(frozen=True)
@@ -50,15 +51,18 @@ def head_revision() -> str:
 
 
 def schema_state(db: Database) -> SchemaState:
-    from alembic.runtime.migration import MigrationContext
+    """Where the schema stands, read with plain queries: every command that touches the
+    database asks, so this loads no Alembic (about 0.1 s of imports)."""
+    from sqlalchemy import text
 
     with translate_errors(db), db.engine.connect() as connection:
-        current = MigrationContext.configure(connection).get_current_revision()
         inspector = inspect(connection)
         exists = inspector.has_table("generations")
         columns = {c["name"] for c in inspector.get_columns("generations")} if exists else set()
+        current = connection.execute(text("SELECT version_num FROM alembic_version")).scalar() \
+            if inspector.has_table("alembic_version") else None
     missing = tuple(c for c in REQUIRED_COLUMNS if c not in columns) if exists else ()
-    return SchemaState(current, head_revision(), exists, missing)
+    return SchemaState(current, HEAD_REVISION, exists, missing)
 
 
 @dataclass(frozen=True)
@@ -85,30 +89,18 @@ def upgrade(db: Database) -> UpgradeResult:
             command.stamp(config, BASE_REVISION)
         command.upgrade(config, "head")
     before = BASE_REVISION if state.adoptable else state.current
-    return UpgradeResult(before, head_revision(), state.adoptable)
-
-
-HEAD_REVISION = "0003"  # the newest script in migrations/versions; a test keeps them equal
+    return UpgradeResult(before, HEAD_REVISION, state.adoptable)
 
 
 def require_current(db: Database) -> None:
-    """Refuse to work on a schema that is missing or behind, with the command that fixes it.
-
-    Every generation runs this, so it reads the revision with one query instead of loading
-    Alembic (about 0.1 s of imports).
-    """
-    from sqlalchemy import text
-
-    with translate_errors(db), db.engine.connect() as connection:
-        inspector = inspect(connection)
-        if not inspector.has_table("generations"):
-            raise SchemaError(f"the generations table is missing in {db.describe()}",
-                              hint="Run `imagen4ctl db upgrade`.")
-        current = connection.execute(text("SELECT version_num FROM alembic_version")).scalar() \
-            if inspector.has_table("alembic_version") else None
-    if current != HEAD_REVISION:
+    """Refuse to work on a schema that is missing or behind, with the command that fixes it."""
+    state = schema_state(db)
+    if not state.table_exists:
+        raise SchemaError(f"the generations table is missing in {db.describe()}",
+                          hint="Run `imagen4ctl db upgrade`.")
+    if not state.up_to_date:
         raise SchemaError(
-            f"the schema of {db.describe()} is at {current or 'no revision'}, "
-            f"imagen4ctl needs {HEAD_REVISION}",
+            f"the schema of {db.describe()} is at {state.current or 'no revision'}, "
+            f"imagen4ctl needs {state.head}",
             hint="Run `imagen4ctl db upgrade`.",
         )

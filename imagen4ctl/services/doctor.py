@@ -6,10 +6,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from imagen4ctl.errors import Imagen4ctlError
+from imagen4ctl.errors import Imagen4ctlError, StorageError
 from imagen4ctl.settings import VARIABLES, Settings
+
+if TYPE_CHECKING:
+    from imagen4ctl.adapters.storage import S3Storage
 
 Status = Literal["ok", "warn", "fail", "skip"]
 
@@ -159,9 +162,22 @@ def check_schema(settings: Settings, timeout: float) -> Check:
     return Check("schema", "ok", f"revision {state.current} (head)")
 
 
-def check_storage(settings: Settings, timeout: float, offline: bool) -> Check:
-    from imagen4ctl.adapters.storage import S3Storage
+def open_bucket(settings: Settings, timeout: float) -> S3Storage:
+    """The configured bucket, known to exist; ConfigError or StorageError say what is wrong.
 
+    Shared by check-config (which then writes a probe) and health (which only lists).
+    """
+    from imagen4ctl.adapters.storage import s3_from_settings
+
+    storage = s3_from_settings(settings, timeout=timeout)
+    if not storage.bucket_exists():
+        raise StorageError(f"bucket {settings.minio_bucket!r} does not exist at "
+                           f"{settings.minio_endpoint}",
+                           hint="Create it, or set MINIO_BUCKET to an existing bucket.")
+    return storage
+
+
+def check_storage(settings: Settings, timeout: float, offline: bool) -> Check:
     endpoint = settings.minio_endpoint
     if endpoint is None:
         folder = settings.images_dir.absolute()
@@ -179,16 +195,7 @@ def check_storage(settings: Settings, timeout: float, offline: bool) -> Check:
     if offline:
         return Check("storage", "skip", f"skipped: --offline (s3://{settings.minio_bucket} at "
                      f"{endpoint})")
-    missing = [n for n in ("MINIO_ACCESS_KEY", "MINIO_SECRET_KEY") if settings.raw(n) is None]
-    if missing:
-        return Check("storage", "fail", f"{' and '.join(missing)} not set for {endpoint}",
-                     f"Set {' and '.join(missing)}.")
-    storage = S3Storage(endpoint, settings.raw("MINIO_ACCESS_KEY") or "",
-                        settings.raw("MINIO_SECRET_KEY") or "", settings.minio_bucket,
-                        secure=settings.minio_secure, timeout=timeout)
-    if not storage.bucket_exists():
-        return Check("storage", "fail", f"bucket {settings.minio_bucket!r} does not exist at "
-                     f"{endpoint}", "Create it, or set MINIO_BUCKET to an existing bucket.")
+    storage = open_bucket(settings, timeout)
     storage.probe(settings.images_prefix)
     return Check("storage", "ok", f"wrote, read and deleted a probe object in "
                  f"{storage.describe()}")

@@ -177,22 +177,10 @@ def check_storage(settings: Settings, timeout: float) -> HealthCheck:
     The local folder is the doctor's own check, which writes nothing either; using it
     instead of a bucket is a choice, not a fault, so its warning is OK here.
     """
-    from imagen4ctl.adapters.storage import S3Storage
-
-    endpoint = settings.minio_endpoint
-    if endpoint is None:
+    if settings.minio_endpoint is None:
         return _from_doctor(doctor.check_storage(settings, timeout, offline=False),
                             warn_is_ok=True)
-    missing = [n for n in ("MINIO_ACCESS_KEY", "MINIO_SECRET_KEY") if settings.raw(n) is None]
-    if missing:
-        return HealthCheck("storage", "CRITICAL",
-                           f"{' and '.join(missing)} not set for {endpoint}", CHECK_CONFIG)
-    storage = S3Storage(endpoint, settings.raw("MINIO_ACCESS_KEY") or "",
-                        settings.raw("MINIO_SECRET_KEY") or "", settings.minio_bucket,
-                        secure=settings.minio_secure, timeout=timeout)
-    if not storage.bucket_exists():
-        return HealthCheck("storage", "CRITICAL", f"bucket {settings.minio_bucket!r} does not "
-                           f"exist at {endpoint}", CHECK_CONFIG)
+    storage = doctor.open_bucket(settings, timeout)  # raises: CRITICAL, via _guarded
     next(iter(storage.list(settings.images_prefix)), None)  # proves the key may read
     return HealthCheck("storage", "OK", f"{storage.describe()} exists and lists (read-only "
                        "check)")
