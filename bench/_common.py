@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import make_url
 
@@ -30,20 +31,38 @@ def database_url(dsn: str, name: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def _admin_connect(dsn: str):  # type: ignore[no-untyped-def]
-    import psycopg
+class Pg:
+    """A psycopg2 connection whose `execute` returns the rows (none for a statement without)."""
 
-    return psycopg.connect(database_url(dsn, make_url(dsn).database or "postgres"),
-                           autocommit=True)
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    def execute(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with self.connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall() if cursor.description is not None else []
+
+
+@contextmanager
+def pg_connect(url: str, *, autocommit: bool = True) -> Iterator[Pg]:
+    """psycopg2 on a postgresql:// URL; without autocommit, one transaction committed at the end."""
+    import psycopg2
+
+    connection = psycopg2.connect(database_url(url, make_url(url).database or "postgres"))
+    connection.autocommit = autocommit
+    try:
+        yield Pg(connection)
+        if not autocommit:
+            connection.commit()
+    finally:
+        connection.close()
 
 
 @contextmanager
 def scratch_database(dsn: str, name: str, *, keep: bool = False) -> Iterator[str]:
     """A new, empty database for one run; dropped on the way out (error and Ctrl-C included)."""
-    from psycopg import sql
-
-    with _admin_connect(dsn) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    with pg_connect(dsn) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
     try:
         yield database_url(dsn, name)
     finally:
@@ -51,9 +70,8 @@ def scratch_database(dsn: str, name: str, *, keep: bool = False) -> Iterator[str
             print(f"kept database {name} (--keep): DATABASE_URL={database_url(dsn, name)}")
         else:
             # FORCE: a subprocess killed by Ctrl-C may still hold a connection.
-            with _admin_connect(dsn) as admin:
-                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                              .format(sql.Identifier(name)))
+            with pg_connect(dsn) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def clean_env(variables: Sequence[str], **extra: str) -> dict[str, str]:

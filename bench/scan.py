@@ -33,12 +33,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from _common import DEFAULT_DSN, database_url, pg_connect, scratch_database
 from _perf import KEY, BenchError, Samples, bench_env, fal_emulator, machine, run_measured, verdict
 
 TARGET_SECONDS = 3.0
 TARGET_MB = 150.0
 MODEL = "fal-ai/imagen4/preview"
-DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 # Per 100 stuck rows: which share is in which state (the remainder: never submitted).
 MIX = {"known_completed": 8, "known_running": 1, "expired": 1}
@@ -92,23 +92,6 @@ FROM shaped
 """
 
 
-def _connect(dsn: str, database: str | None = None):  # type: ignore[no-untyped-def]
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    url = make_url(dsn).set(drivername="postgresql")
-    if database is not None:
-        url = url.set(database=database)
-    return psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
-
-
-def database_url(dsn: str, database: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    url = make_url(dsn).set(drivername="postgresql", database=database)
-    return url.render_as_string(hide_password=False)
-
-
 def submit_known(env: dict[str, str], count: int, *, hang: bool) -> list[str]:
     """Request ids of real submissions to the emulator, through fal_client itself."""
     os.environ.update(env)  # fal_client reads its hosts when it is imported
@@ -126,7 +109,7 @@ def submit_known(env: dict[str, str], count: int, *, hang: bool) -> list[str]:
 
 
 def fill(dsn: str, database: str, rows: int, stuck: int, ids: dict[str, list[str]]) -> None:
-    with _connect(dsn, database) as conn:
+    with pg_connect(database_url(dsn, database)) as conn:
         conn.execute(FILL_SQL, {"rows": rows, "stuck": stuck, "other": stuck // 2})
         stuck_ids = [r[0] for r in conn.execute(
             "SELECT id FROM generations WHERE kind = 'imagen4' AND status = 'PENDING' "
@@ -185,11 +168,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="imagen4ctl-scan-") as tmp, \
             fal_emulator(0.05) as emulator:
         work = Path(tmp)
-        with _connect(args.dsn) as admin:
-            admin.execute(f'CREATE DATABASE "{database}"')
-        try:
-            env = bench_env(**emulator.env(), FAL_KEY=KEY, HOME=str(work),
-                            DATABASE_URL=database_url(args.dsn, database))
+        with scratch_database(args.dsn, database) as url:
+            env = bench_env(**emulator.env(), FAL_KEY=KEY, HOME=str(work), DATABASE_URL=url)
             began = time.perf_counter()
             ids = {"known_completed": submit_known(env, per_share * MIX["known_completed"],
                                                    hang=False),
@@ -215,9 +195,6 @@ def main() -> int:
                 print(f"  {run.seconds:6.2f} s  peak RSS {run.peak_rss_mb:6.1f} MB  "
                       f"exit {run.returncode}", flush=True)
             calls = Counter(entry.kind for entry in emulator.log)
-        finally:
-            with _connect(args.dsn) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
     print(f"\nP4 fix-pending scan — {machine()}")
     print(f"{args.rows:,} rows, {args.stuck:,} stuck imagen4 rows: "

@@ -30,17 +30,16 @@ from _common import (
     DEFAULT_DSN,
     SAMPLES_HEADER,
     BenchError,
+    Pg,
     Samples,
     clean_env,
     ms,
+    pg_connect,
     run_timed,
     scratch_database,
 )
 
 if TYPE_CHECKING:
-    import psycopg
-    from sqlalchemy.orm import Session
-
     from imagen4ctl.db.session import Database
 
 STUCK_AFTER = 600.0  # STUCK_AFTER's default (10m), which the CLI runs with here
@@ -114,15 +113,14 @@ SELECT i, user_id, kind, status,
 FROM timed
 """
 
-# What each statement of user_report is, told by the names of the columns it selects.
-ROLES: dict[tuple[str, ...], tuple[str, str]] = {
-    ("kind", "status", "count"): ("by_kind", "counts by kind x status"),
-    ("count",): ("users", "distinct users"),
-    ("kind", "count", "min"): ("stuck_by_kind", "stuck count + oldest, by kind"),
-    ("id", "user_id", "kind", "status", "fal_request_id", "created_at", "updated_at"):
-        ("stuck_list", "stuck list, oldest first (LIMIT 20)"),
-    ("user_id", "n"): ("top_stuck_users", "top stuck users (LIMIT 5)"),
-    ("id", "kind", "prompt", "result_urls"): ("recent", "most recent COMPLETED (LIMIT 5)"),
+# What each statement of user_report is: the name of its `stats.Statements` property.
+ROLES: dict[str, tuple[str, str]] = {
+    "counts": ("by_kind", "counts by kind x status"),
+    "users": ("users", "distinct users"),
+    "stuck_by_kind": ("stuck_by_kind", "stuck count + oldest, by kind"),
+    "stuck": ("stuck_list", "stuck list, oldest first (LIMIT 20)"),
+    "top_stuck_users": ("top_stuck_users", "top stuck users (LIMIT 5)"),
+    "recent": ("recent", "most recent COMPLETED (LIMIT 5)"),
 }
 
 
@@ -254,18 +252,16 @@ class SampleUser:
 
 def fill(url: str, rows: int, users: int, stuck: int,
          after_fill: list[str]) -> list[SampleUser]:
-    import psycopg
-
     started = time.perf_counter()
-    with psycopg.connect(url) as conn:
+    with pg_connect(url, autocommit=False) as conn:
         conn.execute(FILL_SQL, {"rows": rows, "users": users, "stuck": stuck})
         conn.execute("SELECT setval(pg_get_serial_sequence('generations', 'id'), "
                      "(SELECT max(id) FROM generations))")
     inserted = time.perf_counter()
-    with psycopg.connect(url, autocommit=True) as conn:
+    with pg_connect(url) as conn:
         for sql in after_fill:  # a candidate index, measured before it becomes a migration
             extra = time.perf_counter()
-            conn.execute(sql.encode())
+            conn.execute(sql)
             print(f"--after-fill ({time.perf_counter() - extra:.1f} s): {sql}")
         vacuum_started = time.perf_counter()
         # VACUUM too, not only ANALYZE: it sets the visibility map that index-only scans
@@ -275,7 +271,7 @@ def fill(url: str, rows: int, users: int, stuck: int,
         size = _one(conn, "SELECT pg_size_pretty(pg_total_relation_size('generations'))")
         per_user = conn.execute(
             "SELECT user_id, count(*) AS n, max(updated_at) AS last FROM generations "
-            "GROUP BY user_id ORDER BY n DESC, user_id").fetchall()
+            "GROUP BY user_id ORDER BY n DESC, user_id")
         stuck_now = _one(conn, "SELECT count(*) FROM generations WHERE status IN "
                          "('PENDING', 'PROCESSING') AND updated_at < now() - interval '10 minutes'")
     print(f"filled {rows:,} rows in {done - started:.1f} s (INSERT … SELECT "
@@ -293,37 +289,39 @@ def fill(url: str, rows: int, users: int, stuck: int,
             SampleUser("dormant", dormant[0], dormant[1])]
 
 
-def _one(conn: psycopg.Connection[Any], sql: str) -> Any:
-    row = conn.execute(sql.encode()).fetchone()
-    assert row is not None
-    return row[0]
+def _one(conn: Pg, sql: str) -> Any:
+    return conn.execute(sql)[0][0]
 
 
 def capture_statements(db: Database, user_id: str | None) -> list[Statement]:
-    """The statements user_report sends, parameters inlined, for psql and EXPLAIN.
+    """The statements user_report sends, as psycopg2 sends them (parameters inlined), for
+    psql and EXPLAIN.
 
     The stuck cutoff is inlined as of now; every stuck row is hours old, so it selects the
     same rows as the CLI's own cutoff for the whole run.
     """
-    from sqlalchemy import Select, event
-
+    from imagen4ctl.db.reader import bind, pyformat
     from imagen4ctl.services import stats
 
-    caught: list[Any] = []
-    with db.session() as session:
-        event.listen(session, "do_orm_execute", lambda state: caught.append(state.statement))
-        stats.user_report(session, user_id, stuck_after=STUCK_AFTER)
+    known = stats.Statements(by_user=user_id is not None, by_kind=False)
+    names = {getattr(known, name): name for name in ROLES}
     statements = []
-    for stmt in caught:
-        assert isinstance(stmt, Select)
-        columns = tuple(stmt.selected_columns.keys())
-        if columns not in ROLES:
-            raise BenchError(f"user_report sent a statement this benchmark does not know "
-                             f"(columns {columns}); teach ROLES in bench/stats.py about it")
-        role, label = ROLES[columns]
-        sql = str(stmt.compile(dialect=db.engine.dialect,
-                               compile_kwargs={"literal_binds": True}))
-        statements.append(Statement(role, label, " ".join(sql.split())))
+    with db.read() as reader:
+        send = reader.rows
+
+        def rows(sql: str, **params: Any) -> list[tuple[Any, ...]]:
+            if sql not in names:
+                raise BenchError("user_report sent a statement this benchmark does not know; "
+                                 f"teach ROLES in bench/stats.py about it: {sql}")
+            role, label = ROLES[names[sql]]
+            values = {k: bind(v, reader.backend) for k, v in params.items()}
+            with reader.connection.cursor() as cursor:
+                text = cursor.mogrify(pyformat(sql), values).decode()
+            statements.append(Statement(role, label, text))
+            return send(sql, **params)
+
+        reader.rows = rows  # type: ignore[method-assign]
+        stats.user_report(reader, user_id, stuck_after=STUCK_AFTER)
     return statements
 
 
@@ -345,12 +343,10 @@ class Plan:
 
 
 def explain(url: str, statements: list[Statement]) -> list[Plan]:
-    import psycopg
-
     plans = []
-    with psycopg.connect(url, autocommit=True) as conn:
+    with pg_connect(url) as conn:
         for s in statements:
-            lines = [r[0] for r in conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {s.sql}".encode())]
+            lines = [r[0] for r in conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {s.sql}")]
             execution = next(float(m.group(1)) for line in lines
                              if (m := re.search(r"Execution Time: ([\d.]+) ms", line)))
             jit = next((float(m.group(1)) for line in lines
@@ -480,14 +476,12 @@ def run_rounds(repeat: int, measurements: list[Measurement], in_process: list[In
 def time_in_process(db: Database, user_id: str | None, samples: Samples, calls: int) -> None:
     from imagen4ctl.services import stats
 
-    session: Session
-    with db.session() as session:
-        stats.user_report(session, user_id, stuck_after=STUCK_AFTER)  # warm: connection, cache
+    with db.read() as reader:
+        stats.user_report(reader, user_id, stuck_after=STUCK_AFTER)  # warm: connection, cache
         for _ in range(calls):
             started = time.perf_counter()
-            stats.user_report(session, user_id, stuck_after=STUCK_AFTER)
+            stats.user_report(reader, user_id, stuck_after=STUCK_AFTER)
             samples.values.append(time.perf_counter() - started)
-        session.rollback()
 
 
 def check_agreement(scope: str, measurements: list[Measurement]) -> None:
@@ -528,9 +522,7 @@ def report_targets(measurements: dict[str, Measurement],
 
 
 def _machine(url: str) -> str:
-    import psycopg
-
-    with psycopg.connect(url) as conn:
+    with pg_connect(url) as conn:
         server = _one(conn, "SHOW server_version")
         jit = _one(conn, "SHOW jit")
         buffers = _one(conn, "SHOW shared_buffers")

@@ -36,7 +36,7 @@ class Variable:
 # Every variable imagen4ctl reads, in the order check-config lists them.
 VARIABLES: tuple[Variable, ...] = (
     Variable("DATABASE_URL", "SQLAlchemy", "sqlite:///imagen4ctl.db",
-             help="Database URL; postgresql:// uses psycopg 3. Default: SQLite file here."),
+             help="Database URL; postgresql:// uses psycopg2. Default: SQLite file here."),
     Variable("FAL_KEY", "fal_client", secret=True,
              help="fal.ai API key: the name fal_client itself reads. Wins over the others."),
     Variable("FAL_API_KEY", "imagen4ctl → FAL_KEY", secret=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,9 +22,9 @@ print("LOADED=" + ",".join(m for m in {heavy!r} if m in sys.modules), file=sys.s
 HEAVY = ("fal_client", "minio", "sqlalchemy", "httpx", "urllib3", "PIL", "alembic")
 
 
-def loaded(*args: str) -> set[str]:
+def loaded(*args: str, **env: str) -> set[str]:
     result = subprocess.run([sys.executable, "-c", PROBE.format(args=list(args), heavy=HEAVY)],
-                            capture_output=True, text=True, timeout=60, env={**os.environ})
+                            capture_output=True, text=True, timeout=60, env={**os.environ, **env})
     line = [x for x in result.stderr.splitlines() if x.startswith("LOADED=")][-1]
     return set(filter(None, line.removeprefix("LOADED=").split(",")))
 
@@ -36,3 +37,11 @@ def test_help_imports_nothing_heavy(args: list[str]) -> None:
 
 def test_offline_check_config_opens_no_network_library() -> None:
     assert loaded("check-config", "--offline") <= {"sqlalchemy"}  # the SQLite check needs it
+
+
+def test_user_images_reads_through_the_driver_alone(migrated_db: str, tmp_path: Path) -> None:
+    """The first command an operator runs starts without SQLAlchemy, on both databases."""
+    assert loaded("user-images", "--json", DATABASE_URL=migrated_db,
+                  IMAGES_DIR=str(tmp_path)) == set()
+    assert loaded("user-images", "42", DATABASE_URL=migrated_db,
+                  IMAGES_DIR=str(tmp_path)) == set()

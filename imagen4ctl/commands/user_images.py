@@ -65,8 +65,8 @@ def user_images(
     app = AppContext.from_typer(ctx)
     threshold = parse_duration_option(stuck_after, "--stuck-after", app.settings.stuck_after)
     storage = _storage_or_none(app) if recent else None
-    with app.database.connect() as connection:
-        report = stats.user_report(connection, user_id, stuck_after=threshold, kind=kind,
+    with app.database.read() as reader:
+        report = stats.user_report(reader, user_id, stuck_after=threshold, kind=kind,
                                    limit=limit, recent=recent, storage=storage)
     if json_out:
         print_json(report.to_json())

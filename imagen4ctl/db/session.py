@@ -1,75 +1,76 @@
-"""Engine and sessions for SQLite (the embedded default) and PostgreSQL (psycopg 3)."""
+"""Engine and sessions for SQLite (the embedded default) and PostgreSQL (psycopg2).
+
+SQLAlchemy is imported when an engine is first needed, not with this module: the read-only
+reports (`Database.read`) never load it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, ProgrammingError
+from imagen4ctl.db.url import DatabaseURL, parse_url
+from imagen4ctl.errors import DatabaseError, SchemaError
 
 if TYPE_CHECKING:  # the ORM is imported only by the paths that use it
+    from sqlalchemy import Connection, Engine
+    from sqlalchemy.engine import URL
     from sqlalchemy.orm import Session, sessionmaker
 
-from imagen4ctl.errors import ConfigError, DatabaseError, SchemaError
-from imagen4ctl.settings import mask_url
+    from imagen4ctl.db.reader import Reader
 
 DB_HINT = "Check DATABASE_URL, and that the database server is running."
 SCHEMA_HINT = "Run `imagen4ctl db upgrade`."
+DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg2"}
 
 
 def parse_database_url(url: str) -> URL:
-    """The SQLAlchemy URL for DATABASE_URL: postgresql:// means psycopg 3; SQLite or PostgreSQL."""
-    try:
-        parsed = make_url(url.strip())
-    except (ArgumentError, ValueError) as e:
-        raise ConfigError(f"DATABASE_URL is not a database URL: {mask_url(url)!r}",
-                          hint="For example sqlite:///imagen4ctl.db or "
-                          "postgresql://user@host:5432/dbname.") from e
-    backend = parsed.get_backend_name()
-    if backend in {"postgres", "postgresql"}:
-        return parsed.set(drivername="postgresql+psycopg")
-    if backend == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            path = Path(parsed.database).expanduser()
-            return parsed.set(database=str(path.absolute()))
-        return parsed
-    raise ConfigError(f"DATABASE_URL uses {backend!r}: imagen4ctl supports sqlite and postgresql",
-                      hint="Use sqlite:///FILE or postgresql://user@host/dbname.")
+    """The SQLAlchemy URL for DATABASE_URL (postgresql:// means psycopg2)."""
+    return sqlalchemy_url(parse_url(url))
 
 
-def describe_url(url: URL) -> str:
-    """Where the database is, for messages: never the password."""
-    if url.get_backend_name() == "sqlite":
-        return f"SQLite file {url.database}"
-    return f"PostgreSQL at {url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+def sqlalchemy_url(location: DatabaseURL) -> URL:
+    from sqlalchemy.engine import URL
+
+    query: dict[str, list[str]] = {}
+    for key, value in location.query:
+        query.setdefault(key, []).append(value)
+    return URL.create(
+        DRIVERS[location.backend], username=location.username, password=location.password,
+        host=location.host, port=location.port, database=location.database,
+        query={k: v[0] if len(v) == 1 else tuple(v) for k, v in query.items()},
+    )
 
 
 class Database:
     def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
-        self.url = parse_database_url(url)
+        self.location = parse_url(url)
         self.connect_timeout = connect_timeout
         self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
 
+    @cached_property
+    def url(self) -> URL:
+        return sqlalchemy_url(self.location)
+
     @property
     def is_sqlite(self) -> bool:
-        return self.url.get_backend_name() == "sqlite"
+        return self.location.is_sqlite
 
     @property
     def sqlite_path(self) -> Path | None:
-        if not self.is_sqlite or not self.url.database or self.url.database == ":memory:":
-            return None
-        return Path(self.url.database)
+        return self.location.sqlite_path
 
     def describe(self) -> str:
-        return describe_url(self.url)
+        return self.location.describe()
 
     @property
     def engine(self) -> Engine:
+        from sqlalchemy import create_engine, event
+
         if self._engine is None:
             args: dict[str, Any] = {}
             if self.is_sqlite:
@@ -102,6 +103,15 @@ class Database:
         with translate_errors(self), self.engine.connect() as connection:
             yield connection
 
+    @contextmanager
+    def read(self) -> Iterator[Reader]:
+        """Plain SQL on the driver's own connection, in one read-only snapshot: for reports
+        that must start fast (SQLAlchemy's import alone costs ~0.1 s)."""
+        from imagen4ctl.db.reader import open_reader
+
+        with open_reader(self) as reader:
+            yield reader
+
     def dispose(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
@@ -117,19 +127,21 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 @contextmanager
 def translate_errors(db: Database) -> Iterator[None]:
+    from sqlalchemy.exc import DBAPIError
+
     try:
         yield
-    except (OperationalError, ProgrammingError, DBAPIError) as e:
-        raise database_error(db, e) from e
+    except DBAPIError as e:
+        raise database_error(db, e.orig if e.orig is not None else e) from e
 
 
-def database_error(db: Database, exc: DBAPIError) -> DatabaseError:
-    """One line a person understands, from a driver error (whose text may be long)."""
-    text = str(exc.orig) if exc.orig is not None else str(exc)
+def database_error(db: Database, exc: BaseException) -> DatabaseError:
+    """One line a person understands, from a driver's error (whose text may be long)."""
+    text = str(exc)
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     lowered = text.lower()
     if "no such table" in lowered or ("relation" in lowered and "does not exist" in lowered) or (
-        "undefinedtable" in type(exc.orig).__name__.lower()
+        "undefinedtable" in type(exc).__name__.lower()
     ):
         return SchemaError(f"the generations table is missing in {db.describe()}",
                            hint=SCHEMA_HINT)

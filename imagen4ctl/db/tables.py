@@ -27,10 +27,20 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 
-PENDING, PROCESSING, COMPLETED, FAILED = "PENDING", "PROCESSING", "COMPLETED", "FAILED"
-STATUSES = (PENDING, PROCESSING, COMPLETED, FAILED)
-IN_FLIGHT = (PENDING, PROCESSING)
-IMAGEN4 = "imagen4"
+from imagen4ctl.db.values import (
+    COMPLETED,
+    FAILED,
+    IMAGEN4,
+    IN_FLIGHT,
+    PENDING,
+    PROCESSING,
+    STATUSES,
+    as_utc,
+    utcnow,
+)
+
+__all__ = ["COMPLETED", "FAILED", "IMAGEN4", "IN_FLIGHT", "PENDING", "PROCESSING", "STATUSES",
+           "as_utc", "generations", "metadata", "utcnow"]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -51,21 +61,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         return as_utc(value)
 
 
-def as_utc(value: datetime | str | None) -> datetime | None:
-    """Aware UTC from what a driver returns (SQLite aggregates give naive text)."""
-    if value is None:
-        return None
-    if isinstance(value, str):  # SQLite rows written by the bot's CURRENT_TIMESTAMP
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 JSONList = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
 
 metadata = MetaData()
 _IN_FLIGHT_SQL = text("status IN ('PENDING', 'PROCESSING')")

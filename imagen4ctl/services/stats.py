@@ -1,20 +1,24 @@
 """Statistics behind `user-images`: counts the database computes (GROUP BY, never rows loaded
-into Python), stuck generations in plain sight, and the most recent images with links."""
+into Python), stuck generations in plain sight, and the most recent images with links.
+
+The statements are plain SQL that SQLite and PostgreSQL both run, sent through a `Reader`
+(no SQLAlchemy to import); `bench/stats.py` runs these same statements through psql.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Connection, and_, func, select
-
-from imagen4ctl.db.tables import COMPLETED, IN_FLIGHT, as_utc, generations, utcnow
+from imagen4ctl.db.values import COMPLETED, IN_FLIGHT, as_utc, utcnow
 from imagen4ctl.durations import format_duration
 from imagen4ctl.errors import StorageError
 
 if TYPE_CHECKING:
     from imagen4ctl.adapters.storage import Storage
+    from imagen4ctl.db.reader import Reader
 
 LINK_EXPIRY = timedelta(hours=1)
 TOP_STUCK_USERS = 5
@@ -106,7 +110,7 @@ def _kind_label(kind: str) -> str:
 
 
 def user_report(
-    session: Connection,
+    reader: Reader,
     user_id: str | None,
     *,
     stuck_after: float,
@@ -116,84 +120,119 @@ def user_report(
     storage: Storage | None = None,
     now: datetime | None = None,
 ) -> StatsReport:
-    """One user's (or, without `user_id`, the fleet's) statistics, as a few aggregate queries.
-
-    `session` is a Core connection (an ORM session works too): no row is loaded as an object.
-    """
+    """One user's (or, without `user_id`, the fleet's) statistics, as a few aggregate queries."""
     now = now or utcnow()
-    cutoff = now - timedelta(seconds=stuck_after)
-    g = generations.c
-    scope: list[ColumnElement[bool]] = []
-    if user_id is not None:
-        scope.append(g.user_id == user_id)
-    if kind is not None:
-        scope.append(g.kind == kind)
-    stuck_scope = [*scope, g.status.in_(IN_FLIGHT), g.updated_at < cutoff]
+    params: dict[str, Any] = {"cutoff": now - timedelta(seconds=stuck_after), "user_id": user_id,
+                              "kind": kind, "limit": limit, "top": TOP_STUCK_USERS,
+                              "recent": recent}
+    sql = Statements(user_id is not None, kind is not None)
 
     by_kind: dict[str, dict[str, int]] = {}
-    for row_kind, status, count in session.execute(
-        select(g.kind, g.status, func.count()).where(*scope).group_by(g.kind, g.status)
-    ):
+    for row_kind, status, count in reader.rows(sql.counts, **params):
         by_kind.setdefault(row_kind, {})[status] = int(count)
     total = sum(sum(c.values()) for c in by_kind.values())
     if user_id is not None:
         users = 1 if total else 0
     else:
-        distinct = select(g.user_id).where(*scope).distinct().subquery()
-        users = int(session.scalar(select(func.count()).select_from(distinct)) or 0)
+        users = int(reader.value(sql.users, **params) or 0)
 
     stuck_by_kind: dict[str, int] = {}
     oldest_created: datetime | None = None
-    for row_kind, count, oldest in session.execute(
-        select(g.kind, func.count(), func.min(g.created_at)).where(*stuck_scope)
-        .group_by(g.kind)
-    ):
+    for row_kind, count, oldest in reader.rows(sql.stuck_by_kind, **params):
         stuck_by_kind[row_kind] = int(count)
         created = as_utc(oldest)
         if created is not None and (oldest_created is None or created < oldest_created):
             oldest_created = created
     stuck_count = sum(stuck_by_kind.values())
     stuck = [
-        StuckGeneration(r.id, r.user_id, r.kind, r.status, r.fal_request_id,
-                        _seconds(now, r.created_at), _seconds(now, r.updated_at))
-        for r in session.execute(
-            select(g.id, g.user_id, g.kind, g.status, g.fal_request_id, g.created_at,
-                   g.updated_at).where(*stuck_scope).order_by(g.created_at, g.id).limit(limit)
-        )
+        StuckGeneration(int(id_), uid, row_kind, status, request_id,
+                        _seconds(now, created), _seconds(now, updated))
+        for id_, uid, row_kind, status, request_id, created, updated
+        in reader.rows(sql.stuck, **params)
     ] if stuck_count and limit > 0 else []
-    top = [
-        (uid, int(n)) for uid, n in session.execute(
-            select(g.user_id, func.count().label("n")).where(*stuck_scope)
-            .group_by(g.user_id).order_by(func.count().desc(), g.user_id)
-            .limit(TOP_STUCK_USERS)
-        )
-    ] if stuck_count else []
+    top = [(uid, int(n)) for uid, n in reader.rows(sql.top_stuck_users, **params)] \
+        if stuck_count else []
 
     return StatsReport(
         user_id=user_id, total=total, users=users, by_kind=by_kind,
         stuck_after_seconds=int(stuck_after), stuck_count=stuck_count,
         oldest_stuck_seconds=_seconds(now, oldest_created) if oldest_created else None,
         stuck=stuck, stuck_by_kind=stuck_by_kind, top_stuck_users=top,
-        recent=recent_images(session, scope, recent, storage) if recent > 0 else [],
+        recent=recent_images(reader.rows(sql.recent, **params), storage) if recent > 0 else [],
     )
 
 
-def recent_images(
-    session: Connection, scope: list[ColumnElement[bool]], count: int, storage: Storage | None
-) -> list[RecentImage]:
-    g = generations.c
-    rows = session.execute(
-        select(g.id, g.kind, g.prompt, g.result_urls)
-        .where(and_(*scope, g.status == COMPLETED))
-        .order_by(g.updated_at.desc(), g.id.desc()).limit(count)
-    )
+@dataclass(frozen=True)
+class Statements:
+    """The report's SQL for a scope (a user, a kind, both or neither), `:name` parameters.
+
+    The in-flight statuses are written out, not bound, so that PostgreSQL matches the
+    partial index on them (ix_generations_in_flight).
+    """
+
+    by_user: bool
+    by_kind: bool
+
+    @property
+    def _scope(self) -> list[str]:
+        return ([" user_id = :user_id"] if self.by_user else []) + \
+            ([" kind = :kind"] if self.by_kind else [])
+
+    def _where(self, *extra: str) -> str:
+        terms = [*self._scope, *extra]
+        return " WHERE" + " AND".join(terms) if terms else ""
+
+    @property
+    def _stuck(self) -> str:
+        statuses = ", ".join(f"'{s}'" for s in IN_FLIGHT)
+        return self._where(f" status IN ({statuses})", " updated_at < :cutoff")
+
+    @property
+    def counts(self) -> str:
+        return f"SELECT kind, status, count(*) FROM generations{self._where()} " \
+            "GROUP BY kind, status"
+
+    @property
+    def users(self) -> str:
+        return f"SELECT count(*) FROM (SELECT DISTINCT user_id FROM generations{self._where()})" \
+            " AS scoped"
+
+    @property
+    def stuck_by_kind(self) -> str:
+        return f"SELECT kind, count(*), min(created_at) FROM generations{self._stuck} " \
+            "GROUP BY kind"
+
+    @property
+    def stuck(self) -> str:
+        return ("SELECT id, user_id, kind, status, fal_request_id, created_at, updated_at "
+                f"FROM generations{self._stuck} ORDER BY created_at, id LIMIT :limit")
+
+    @property
+    def top_stuck_users(self) -> str:
+        return (f"SELECT user_id, count(*) FROM generations{self._stuck} GROUP BY user_id "
+                "ORDER BY count(*) DESC, user_id LIMIT :top")
+
+    @property
+    def recent(self) -> str:
+        completed = f" status = '{COMPLETED}'"
+        return (f"SELECT id, kind, prompt, result_urls FROM generations{self._where(completed)} "
+                "ORDER BY updated_at DESC, id DESC LIMIT :recent")
+
+
+def recent_images(rows: list[tuple[Any, ...]], storage: Storage | None) -> list[RecentImage]:
+    """The most recent COMPLETED rows (id, kind, prompt, result_urls), with links."""
     images = []
-    for row in rows:
-        keys = [k for k in (row.result_urls or []) if isinstance(k, str)]
+    for id_, row_kind, prompt, result_urls in rows:
+        if isinstance(result_urls, str):  # JSON text on SQLite
+            try:
+                result_urls = json.loads(result_urls)
+            except ValueError:
+                result_urls = [result_urls]  # a bare URL the bot wrote
+        keys = [k for k in (result_urls or []) if isinstance(k, str)]
         urls = [link_for(k, storage) for k in keys]
         expires = int(LINK_EXPIRY.total_seconds()) if storage is not None and any(
             not _is_http(k) for k in keys) and _expiring(storage) else None
-        images.append(RecentImage(row.id, row.kind, row.prompt, keys, urls, expires))
+        images.append(RecentImage(int(id_), row_kind, prompt, keys, urls, expires))
     return images
 
 
@@ -207,7 +246,6 @@ def link_for(key: str, storage: Storage | None) -> str:
         return ""  # statistics stay useful while storage is down; the command warns
 
 
-
 def _expiring(storage: Storage) -> bool:
     from imagen4ctl.adapters.storage import LocalStorage
 
@@ -218,6 +256,6 @@ def _is_http(value: str) -> bool:
     return value.startswith(("https://", "http://"))
 
 
-def _seconds(now: datetime, then: datetime | None) -> int:
+def _seconds(now: datetime, then: datetime | str | None) -> int:
     then = as_utc(then)
     return max(0, int((now - then).total_seconds())) if then is not None else 0

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 PG_ADMIN_URL = os.environ.get(
-    "IMAGEN4CTL_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    "IMAGEN4CTL_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 )
 
 
@@ -52,7 +52,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         return
     database_url: str = request.getfixturevalue("pg_database")
     schema = f"t_{uuid.uuid4().hex[:10]}"
-    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1),
+    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg2://", 1),
                            isolation_level="AUTOCOMMIT")
     with engine.connect() as connection:
         connection.execute(text(f"CREATE SCHEMA {schema}"))

@@ -1,0 +1,113 @@
+"""Read-only SQL on the driver's own connection, for reports that must start fast.
+
+`user-images` is the first command an operator runs: its statements take ~0.1 s at a million
+rows, and importing SQLAlchemy would cost about as much again. So reports write plain SQL
+that SQLite and PostgreSQL both run, with `:name` parameters, and run it here through
+sqlite3 or psycopg2, in one read-only snapshot (the numbers of one report add up even while
+the bot writes). Driver errors become the same one-line errors as on the SQLAlchemy path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from imagen4ctl.db.session import SCHEMA_HINT, database_error
+from imagen4ctl.errors import SchemaError
+
+if TYPE_CHECKING:
+    from imagen4ctl.db.session import Database
+
+_PARAM = re.compile(r"(?<![:\w]):(\w+)")
+# How SQLAlchemy stores a DateTime on SQLite (naive UTC text, which compares as text).
+SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def pyformat(sql: str) -> str:
+    """`:name` parameters as psycopg2's `%(name)s` (a literal `%` doubled)."""
+    return _PARAM.sub(r"%(\1)s", sql.replace("%", "%%"))
+
+
+def bind(value: Any, backend: str) -> Any:
+    """A parameter as the driver should see it: SQLite compares datetimes as UTC text."""
+    if isinstance(value, datetime) and backend == "sqlite":
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value.strftime(SQLITE_DATETIME)
+    return value
+
+
+class Reader:
+    """One open read-only connection; rows come back as plain tuples."""
+
+    def __init__(self, connection: Any, backend: str) -> None:
+        self.connection = connection
+        self.backend = backend
+
+    def rows(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+        values = {name: bind(value, self.backend) for name, value in params.items()}
+        cursor = self.connection.cursor()
+        try:
+            cursor.execute(pyformat(sql) if self.backend == "postgresql" else sql, values)
+            return [tuple(row) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
+
+    def value(self, sql: str, **params: Any) -> Any:
+        rows = self.rows(sql, **params)
+        return rows[0][0] if rows else None
+
+
+@contextmanager
+def open_reader(db: Database) -> Iterator[Reader]:
+    """A Reader on `db`; database errors come out as imagen4ctl errors, as from `session()`."""
+    driver_error: type[BaseException]
+    if db.is_sqlite:
+        import sqlite3
+
+        driver_error, opener = sqlite3.Error, _sqlite
+    else:
+        import psycopg2
+
+        driver_error, opener = psycopg2.Error, _postgresql
+    try:
+        with opener(db) as reader:
+            yield reader
+    except driver_error as e:
+        raise database_error(db, e) from e
+
+
+@contextmanager
+def _sqlite(db: Database) -> Iterator[Reader]:
+    import sqlite3
+    from urllib.parse import quote
+
+    path = db.sqlite_path
+    if path is not None and not path.exists():  # never create the file just to read it
+        raise SchemaError(f"the generations table is missing in {db.describe()}",
+                          hint=SCHEMA_HINT)
+    target = f"file:{quote(str(path))}?mode=ro" if path is not None else ":memory:"
+    connection = sqlite3.connect(target, uri=path is not None, timeout=db.connect_timeout,
+                                 isolation_level=None)
+    try:
+        connection.execute("BEGIN")  # one snapshot for every statement of the report
+        yield Reader(connection, "sqlite")
+    finally:
+        connection.close()
+
+
+@contextmanager
+def _postgresql(db: Database) -> Iterator[Reader]:
+    import psycopg2
+
+    params: dict[str, Any] = {**db.location.libpq_params(),
+                              "connect_timeout": max(1, round(db.connect_timeout))}
+    connection = psycopg2.connect(**params)
+    try:
+        connection.set_session(isolation_level="REPEATABLE READ", readonly=True)
+        yield Reader(connection, "postgresql")
+    finally:
+        connection.close()

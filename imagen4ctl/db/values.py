@@ -1,0 +1,23 @@
+"""The `generations` table's statuses and times, without SQLAlchemy (reports use them too)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+PENDING, PROCESSING, COMPLETED, FAILED = "PENDING", "PROCESSING", "COMPLETED", "FAILED"
+STATUSES = (PENDING, PROCESSING, COMPLETED, FAILED)
+IN_FLIGHT = (PENDING, PROCESSING)
+IMAGEN4 = "imagen4"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | str | None) -> datetime | None:
+    """Aware UTC from what a driver returns (SQLite gives naive text)."""
+    if value is None:
+        return None
+    if isinstance(value, str):  # SQLite stores text, also the bot's CURRENT_TIMESTAMP
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
