@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-from sqlalchemy import Connection, inspect
+from typing import TYPE_CHECKING
 
 from imagen4ctl.db.session import Database, translate_errors
-from imagen4ctl.db.tables import REQUIRED_COLUMNS
+from imagen4ctl.db.values import REQUIRED_COLUMNS
 from imagen4ctl.errors import SchemaError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 _SCRIPTS = Path(__file__).parent / "migrations"
 BASE_REVISION = "0001"  # the bot's own table: what an adopted table is stamped as
@@ -51,16 +53,27 @@ def head_revision() -> str:
 
 
 def schema_state(db: Database) -> SchemaState:
-    """Where the schema stands, read with plain queries: every command that touches the
-    database asks, so this loads no Alembic (about 0.1 s of imports)."""
-    from sqlalchemy import text
-
-    with translate_errors(db), db.engine.connect() as connection:
-        inspector = inspect(connection)
-        exists = inspector.has_table("generations")
-        columns = {c["name"] for c in inspector.get_columns("generations")} if exists else set()
-        current = connection.execute(text("SELECT version_num FROM alembic_version")).scalar() \
-            if inspector.has_table("alembic_version") else None
+    """Where the schema stands, read with plain queries through the driver: every command
+    that touches the database asks, so this loads neither Alembic nor SQLAlchemy."""
+    path = db.sqlite_path
+    if path is not None and not path.exists():
+        return SchemaState(None, HEAD_REVISION, table_exists=False)
+    with db.read() as reader:
+        if db.is_sqlite:
+            tables = {name for name, in reader.rows(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN "
+                "('generations', 'alembic_version')")}
+            columns = {row[1] for row in reader.rows("PRAGMA table_info(generations)")}
+        else:  # the schema the connection's search_path finds first, as the engine's
+            tables = {name for name, in reader.rows(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = "
+                "current_schema() AND table_name IN ('generations', 'alembic_version')")}
+            columns = {name for name, in reader.rows(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+                "current_schema() AND table_name = 'generations'")}
+        current = reader.value("SELECT version_num FROM alembic_version") \
+            if "alembic_version" in tables else None
+    exists = "generations" in tables
     missing = tuple(c for c in REQUIRED_COLUMNS if c not in columns) if exists else ()
     return SchemaState(current, HEAD_REVISION, exists, missing)
 

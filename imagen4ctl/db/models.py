@@ -14,7 +14,6 @@ from imagen4ctl.db.tables import (
     IN_FLIGHT,
     PENDING,
     PROCESSING,
-    REQUIRED_COLUMNS,
     STATUSES,
     UTCDateTime,
     as_utc,
@@ -24,8 +23,8 @@ from imagen4ctl.db.tables import (
 )
 
 __all__ = [  # re-exported: the names most callers import from here
-    "COMPLETED", "FAILED", "IMAGEN4", "IN_FLIGHT", "PENDING", "PROCESSING", "REQUIRED_COLUMNS",
-    "STATUSES", "Base", "Generation", "UTCDateTime", "as_utc", "generations", "metadata",
+    "COMPLETED", "FAILED", "IMAGEN4", "IN_FLIGHT", "PENDING", "PROCESSING", "STATUSES",
+    "Base", "Generation", "UTCDateTime", "as_utc", "generations", "metadata",
     "utcnow",
 ]
 

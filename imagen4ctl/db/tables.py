@@ -100,9 +100,3 @@ generations = Table(
           postgresql_where=_IN_FLIGHT_SQL, sqlite_where=_IN_FLIGHT_SQL),
     Index("ix_generations_kind_status", "kind", "status"),
 )
-
-# Columns a table created by the bot must have before imagen4ctl adopts it.
-REQUIRED_COLUMNS = (
-    "id", "user_id", "kind", "status", "prompt", "aspect_ratio", "fal_request_id",
-    "result_urls", "error", "created_at", "updated_at",
-)

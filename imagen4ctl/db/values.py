@@ -8,6 +8,11 @@ PENDING, PROCESSING, COMPLETED, FAILED = "PENDING", "PROCESSING", "COMPLETED", "
 STATUSES = (PENDING, PROCESSING, COMPLETED, FAILED)
 IN_FLIGHT = (PENDING, PROCESSING)
 IMAGEN4 = "imagen4"
+# Columns a table created by the bot must have before imagen4ctl adopts it.
+REQUIRED_COLUMNS = (
+    "id", "user_id", "kind", "status", "prompt", "aspect_ratio", "fal_request_id",
+    "result_urls", "error", "created_at", "updated_at",
+)
 
 
 def utcnow() -> datetime:

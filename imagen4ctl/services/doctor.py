@@ -118,9 +118,7 @@ def check_fal_api(settings: Settings, timeout: float) -> Check:
 
 
 def check_database(settings: Settings, timeout: float, offline: bool) -> Check:
-    from sqlalchemy import text
-
-    from imagen4ctl.db.session import Database, translate_errors
+    from imagen4ctl.db.session import Database
 
     db = Database(settings.database_url, connect_timeout=timeout)
     path = db.sqlite_path
@@ -133,9 +131,8 @@ def check_database(settings: Settings, timeout: float, offline: bool) -> Check:
                          "`imagen4ctl db upgrade` creates it.")
     elif offline:
         return Check("database", "skip", f"skipped: --offline ({db.describe()})")
-    with translate_errors(db), db.engine.connect() as connection:
-        connection.execute(text("SELECT 1"))
-    db.dispose()
+    with db.read() as reader:
+        reader.value("SELECT 1")
     return Check("database", "ok", f"connected to {db.describe()}")
 
 
@@ -143,9 +140,7 @@ def check_schema(settings: Settings, timeout: float) -> Check:
     from imagen4ctl.db.migrate import schema_state
     from imagen4ctl.db.session import Database
 
-    db = Database(settings.database_url, connect_timeout=timeout)
-    state = schema_state(db)
-    db.dispose()
+    state = schema_state(Database(settings.database_url, connect_timeout=timeout))
     hint = "Run `imagen4ctl db upgrade`."
     if not state.table_exists:
         return Check("schema", "fail", "the generations table does not exist", hint)
