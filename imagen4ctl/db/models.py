@@ -7,7 +7,8 @@ from typing import Any
 
 from sqlalchemy.orm import DeclarativeBase, Mapped
 
-from imagen4ctl.db.tables import (
+from imagen4ctl.db.tables import UTCDateTime, generations, metadata
+from imagen4ctl.db.values import (
     COMPLETED,
     FAILED,
     IMAGEN4,
@@ -15,10 +16,7 @@ from imagen4ctl.db.tables import (
     PENDING,
     PROCESSING,
     STATUSES,
-    UTCDateTime,
     as_utc,
-    generations,
-    metadata,
     utcnow,
 )
 

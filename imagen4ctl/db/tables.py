@@ -27,20 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 
-from imagen4ctl.db.values import (
-    COMPLETED,
-    FAILED,
-    IMAGEN4,
-    IN_FLIGHT,
-    PENDING,
-    PROCESSING,
-    STATUSES,
-    as_utc,
-    utcnow,
-)
-
-__all__ = ["COMPLETED", "FAILED", "IMAGEN4", "IN_FLIGHT", "PENDING", "PROCESSING", "STATUSES",
-           "as_utc", "generations", "metadata", "utcnow"]
+from imagen4ctl.db.values import as_utc, utcnow
 
 
 class UTCDateTime(TypeDecorator[datetime]):
