@@ -10,6 +10,7 @@ the transaction").
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -161,6 +162,27 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
+class FalSlot:
+    """One of a batch's `--concurrency` places at fal, held from submission until fal reports
+    the final status: the result is then fetched and stored while the next generation runs.
+
+    Taken (waiting for a free place) on construction; `release` gives it back once, however
+    often it is called, so every path of `GenerationService.run` can call it.
+    """
+
+    def __init__(self, places: threading.Semaphore) -> None:
+        places.acquire()
+        self._places = places
+        self._lock = threading.Lock()
+        self._held = True
+
+    def release(self) -> None:
+        with self._lock:
+            held, self._held = self._held, False
+        if held:
+            self._places.release()
+
+
 class GenerationService:
     def __init__(
         self,
@@ -272,10 +294,13 @@ class GenerationService:
         *,
         wait: bool = True,
         on_progress: ProgressCallback | None = None,
+        slot: FalSlot | None = None,
     ) -> Outcome:
         """Submit the PENDING row `generation_id` and see it through (after `preflight`).
 
         Never raises for fal or storage trouble: the outcome, and the row, say what happened.
+        A batch's `slot` is released as soon as fal reports the final status (or the
+        generation stops earlier), before the images are stored.
         """
         fal = self._require_fal()
         started = time.monotonic()
@@ -305,7 +330,7 @@ class GenerationService:
             outcome.status, outcome.fal_request_id = PROCESSING, request_id
             if not wait:
                 return outcome
-            self._collect(outcome, endpoint, request_id, spec.user_id, deadline, notify)
+            self._collect(outcome, endpoint, request_id, spec.user_id, deadline, notify, slot)
             return outcome
         except KeyboardInterrupt:
             outcome.error = "interrupted"
@@ -314,6 +339,8 @@ class GenerationService:
                 "interrupted; the row stays " + outcome.status, hint=hint)
             return outcome
         finally:
+            if slot is not None:
+                slot.release()
             outcome.seconds = time.monotonic() - started
 
     def _record_submission(self, generation_id: int, request_id: str) -> None:
@@ -335,11 +362,14 @@ class GenerationService:
         user_id: str,
         deadline: Deadline,
         notify: ProgressCallback,
+        slot: FalSlot | None,
     ) -> None:
         """Wait for fal, then store the images; the row ends COMPLETED, FAILED or PROCESSING."""
         assert outcome.id is not None and self.fal is not None
         fal = self.fal
         status = self._wait(outcome, endpoint, request_id, deadline, notify)
+        if slot is not None:
+            slot.release()  # fal has answered (or we stopped waiting): the next may go
         if status is None:
             return
         if status.error:
@@ -502,8 +532,12 @@ class GenerationService:
         on_progress: ProgressCallback | None = None,
         on_done: Callable[[Outcome], None] | None = None,
     ) -> list[Outcome]:
-        """Generate many specs with at most `concurrency` in flight; each has its own deadline.
+        """Generate many specs with at most `concurrency` in flight at fal; each has its own
+        deadline, from when it gets a place there.
 
+        A generation holds its place (`FalSlot`) from submission until fal reports the final
+        status; fetching, downloading and storing its images overlap the next submission, on
+        twice as many threads as places so that a free place never waits for a thread.
         Rows are created up front (cheap, and a crash leaves them visible to fix-pending).
         With `unique`, a (user, prompt, ratio) that already has a row COMPLETED or in flight
         is not created again, even by runs started at the same time.
@@ -514,14 +548,18 @@ class GenerationService:
         else:
             created = list(zip(self.create_many(specs), specs, strict=True))
 
+        places = threading.BoundedSemaphore(max(1, concurrency))
+
         def one(pair: tuple[int, GenerationSpec]) -> Outcome:
             generation_id, spec = pair
-            outcome = self.run(generation_id, spec, Deadline(timeout), on_progress=on_progress)
+            slot = FalSlot(places)
+            outcome = self.run(generation_id, spec, Deadline(timeout), on_progress=on_progress,
+                               slot=slot)
             if on_done is not None:
                 on_done(outcome)
             return outcome
 
-        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        with ThreadPoolExecutor(max_workers=2 * max(1, concurrency)) as pool:
             return list(pool.map(one, created))
 
     def create_unique(self, specs: Sequence[GenerationSpec]) -> list[tuple[int, GenerationSpec]]:

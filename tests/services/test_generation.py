@@ -1,0 +1,166 @@
+"""The generation service's batch: places at fal held from submission to fal's final status,
+and deadlines per place. Against the emulator over TLS with the real fal_client, real
+databases and a local images folder."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
+
+from imagen4ctl.adapters.fal import Deadline, FalAdapter
+from imagen4ctl.adapters.storage import LocalStorage
+from imagen4ctl.db.models import Generation
+from imagen4ctl.db.session import Database, parse_database_url
+from imagen4ctl.emulator import FalEmulator
+from imagen4ctl.emulator.log import RequestLog
+from imagen4ctl.services.generation import (
+    FalSlot,
+    GenerationService,
+    GenerationSpec,
+    Progress,
+)
+
+KEY = "emulator-key-0001"
+MODEL = "fal-ai/imagen4/preview"
+
+
+@pytest.fixture
+def service(migrated_db: str, fal_emulator: FalEmulator, tmp_path: Path
+            ) -> Iterator[GenerationService]:
+    database = Database(migrated_db)
+    yield GenerationService(
+        database, LocalStorage(tmp_path / "images"), FalAdapter(KEY), model=MODEL,
+        prefix="generations/", max_image_bytes=10 * 1024 * 1024,
+        trusted_hosts=frozenset({fal_emulator.host}))
+    database.dispose()
+
+
+def specs(*prompts: str) -> list[GenerationSpec]:
+    return [GenerationSpec(user_id="42", prompt=prompt) for prompt in prompts]
+
+
+def completed_at(db_url: str) -> dict[str, datetime]:
+    """When each generation's row became COMPLETED, by fal request id (aware UTC)."""
+    engine = create_engine(parse_database_url(db_url))
+    with Session(engine) as session:
+        rows = session.execute(select(Generation.fal_request_id, Generation.completed_at)
+                               .where(Generation.status == "COMPLETED")).all()
+    engine.dispose()
+    return {rid: at if at.tzinfo else at.replace(tzinfo=UTC) for rid, at in rows}
+
+
+def fal_spans(log: RequestLog) -> dict[str, tuple[datetime, datetime]]:
+    """Per request: from its submission until fal first answered its status as final."""
+    spans = {}
+    for request_id, entries in log.requests_by_id().items():
+        submitted = next(e.at for e in entries if e.kind == "submit")
+        final = next(e.at for e in entries if e.kind == "status" and e.status == 200)
+        spans[request_id] = (submitted, final)
+    return spans
+
+
+def in_flight_at_submissions(spans: dict[str, tuple[datetime, datetime]]) -> list[int]:
+    """How many requests were at fal (submitted, not yet final) as each one was submitted."""
+    return [sum(1 for start, end in spans.values() if start <= at < end)
+            for at, _ in spans.values()]
+
+
+# --- the batch at fal ---
+
+
+def test_a_batch_never_has_more_than_concurrency_requests_at_fal(
+    service: GenerationService, fal_emulator: FalEmulator
+) -> None:
+    fal_emulator.latency = 0.3
+    outcomes = service.run_batch(specs(*(f"bounded {i}" for i in range(10))), concurrency=3,
+                                 timeout=60)
+    assert [o.status for o in outcomes] == ["COMPLETED"] * 10
+    spans = fal_spans(fal_emulator.log)
+    assert len(spans) == 10
+    assert max(in_flight_at_submissions(spans)) == 3
+
+
+def test_the_next_submission_does_not_wait_for_the_previous_download(
+    service: GenerationService, fal_emulator: FalEmulator, migrated_db: str
+) -> None:
+    """One place: the second generation is submitted once fal reports the first COMPLETED,
+    while the first one's image (trickled over 1.5 s) is still being stored."""
+    fal_emulator.latency = 0.2
+    outcomes = service.run_batch(specs("slow image [fault:file=slow:1.5]", "next one"),
+                                 concurrency=1, timeout=60)
+    assert [o.status for o in outcomes] == ["COMPLETED", "COMPLETED"]
+    first, second = (o.fal_request_id for o in outcomes)
+    assert first is not None and second is not None
+    spans = fal_spans(fal_emulator.log)
+    assert spans[first][1] <= spans[second][0]  # the place was free at fal
+    assert spans[second][0] < completed_at(migrated_db)[first]
+
+
+def test_a_deadline_starts_when_the_generation_gets_its_place(
+    service: GenerationService, fal_emulator: FalEmulator
+) -> None:
+    """The second generation waits ~1.2 s for the one place, then needs ~1 s of its 2 s."""
+    fal_emulator.latency = 0.05
+    outcomes = service.run_batch(specs("first [fault:latency=1.2]", "second [fault:latency=1]"),
+                                 concurrency=1, timeout=2.0)
+    assert [o.status for o in outcomes] == ["COMPLETED", "COMPLETED"]
+
+
+def test_failures_give_their_place_back(service: GenerationService,
+                                        fal_emulator: FalEmulator) -> None:
+    """One place and failures on every path: a place kept by a failure would stop the batch."""
+    fal_emulator.latency = 0.1
+    batch = specs("refused [fault:submit=400]", "breaks [fault:run=error]",
+                  "no images [fault:run=noimages]", "bad file [fault:file=notimage]", "fine")
+    finished: list[list[str]] = []
+    runner = threading.Thread(target=lambda: finished.append(
+        [o.status for o in service.run_batch(batch, concurrency=1, timeout=30)]), daemon=True)
+    runner.start()
+    runner.join(timeout=60)
+    assert finished == [["FAILED", "FAILED", "FAILED", "FAILED", "COMPLETED"]]
+
+
+# --- one generation with a place: released exactly once on every path ---
+
+
+def interrupt_on(phase: str) -> Any:
+    def notify(progress: Progress) -> None:
+        if progress.phase == phase:
+            raise KeyboardInterrupt
+
+    return notify
+
+
+@pytest.mark.parametrize(("prompt", "options", "status"), [
+    ("fine", {}, "COMPLETED"),
+    ("refused [fault:submit=400]", {}, "FAILED"),
+    ("breaks [fault:run=error]", {}, "FAILED"),
+    ("fine", {"wait": False}, "PROCESSING"),
+    ("never ends [fault:run=hang]", {"deadline": 0.6}, "PROCESSING"),
+    ("fine", {"on_progress": interrupt_on("submitting")}, "PENDING"),
+    ("fine", {"on_progress": interrupt_on("running")}, "PROCESSING"),
+    ("fine", {"on_progress": interrupt_on("downloading")}, "PROCESSING"),
+])
+def test_run_releases_its_place_once(service: GenerationService, fal_emulator: FalEmulator,
+                                     prompt: str, options: dict[str, Any], status: str) -> None:
+    fal_emulator.latency = 0.2
+    places = threading.BoundedSemaphore(1)  # a second release would raise ValueError
+    service.preflight()
+    [spec] = specs(prompt)
+    generation_id = service.create(spec)
+    deadline = Deadline(options.pop("deadline", 30.0))
+    outcome = service.run(generation_id, spec, deadline, slot=FalSlot(places), **options)
+    assert outcome.status == status
+    assert places.acquire(blocking=False)
+
+
+def test_run_without_a_place_still_generates(service: GenerationService) -> None:
+    [spec] = specs("on its own")
+    assert service.generate(spec, Deadline(30.0)).status == "COMPLETED"
