@@ -10,8 +10,10 @@ the transaction").
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -183,6 +185,69 @@ class FalSlot:
             self._places.release()
 
 
+class PollSchedule:
+    """When to ask fal for a status again: every `interval` (fal_client's own 0.1 s), but every
+    `dense` seconds in a short window around when this run's finished requests to the same
+    endpoint completed, counted from their submission.
+
+    A request completed between its last unfinished status call and its COMPLETED one; the
+    midpoint is recorded, and the median of the last `keep` per endpoint is the expected time.
+    The window is `expected ± half_window`, so a generation pays at most
+    2·half_window/dense extra polls however much fal's latency varies (Imagen 4's varies by
+    seconds: then the window is a few wasted polls, never dense polling for long). Until a
+    request of the endpoint has completed only `interval` applies; the first completion wakes
+    the requests sleeping meanwhile (the rest of a batch's first wave) to re-plan.
+    Thread-safe: one schedule serves all generations of a run.
+    """
+
+    def __init__(self, *, dense: float = 0.02, half_window: float = 0.06, keep: int = 16) -> None:
+        self.dense = dense
+        self.half_window = half_window
+        self._keep = keep
+        self._recorded = threading.Condition()
+        self._completions: dict[str, deque[float]] = {}
+
+    def record(self, endpoint: str, unfinished_at: float, completed_at: float) -> None:
+        """A request seen unfinished at `unfinished_at` and COMPLETED by `completed_at`
+        (seconds after its submission)."""
+        with self._recorded:
+            times = self._completions.setdefault(endpoint, deque(maxlen=self._keep))
+            times.append((unfinished_at + completed_at) / 2)
+            self._recorded.notify_all()
+
+    def expected(self, endpoint: str) -> float | None:
+        with self._recorded:
+            return self._expected(endpoint)
+
+    def delay(self, endpoint: str, elapsed: float, interval: float) -> float:
+        """Seconds to wait before the next status call, `elapsed` seconds after submission."""
+        with self._recorded:
+            return self._delay(endpoint, elapsed, interval)
+
+    def sleep(self, endpoint: str, submitted: float, interval: float, delay: float) -> None:
+        """Sleep `delay` seconds, or less when a completion recorded meanwhile brings the
+        window closer; `submitted` is the request's submission time (monotonic clock)."""
+        wake = time.monotonic() + delay
+        with self._recorded:
+            while (remaining := wake - time.monotonic()) > 0:
+                if self._recorded.wait(remaining):
+                    now = time.monotonic()
+                    wake = min(wake, now + self._delay(endpoint, now - submitted, interval))
+
+    def _expected(self, endpoint: str) -> float | None:
+        times = self._completions.get(endpoint)
+        return statistics.median(times) if times else None
+
+    def _delay(self, endpoint: str, elapsed: float, interval: float) -> float:
+        expected = self._expected(endpoint)
+        if expected is None or elapsed >= expected + self.half_window:
+            return interval
+        start = expected - self.half_window
+        if elapsed >= start:
+            return min(self.dense, interval)
+        return min(interval, start - elapsed)  # wake up at the window's start
+
+
 class GenerationService:
     def __init__(
         self,
@@ -206,6 +271,7 @@ class GenerationService:
         self.poll_interval = poll_interval
         self._uploads = ThreadPoolExecutor(max_workers=MAX_UPLOADS,
                                            thread_name_prefix="upload")
+        self._polls = PollSchedule()
 
     # --- preflight and rows ---
 
@@ -325,12 +391,14 @@ class GenerationService:
                 self._fail(outcome, e.message, [PENDING])
                 outcome.exception = _with_hint(GenerationFailed(e.message), e)
                 return outcome
+            submitted = time.monotonic()
             crash_point("after_submit")
             self._record_submission(generation_id, request_id)
             outcome.status, outcome.fal_request_id = PROCESSING, request_id
             if not wait:
                 return outcome
-            self._collect(outcome, endpoint, request_id, spec.user_id, deadline, notify, slot)
+            self._collect(outcome, endpoint, request_id, spec.user_id, deadline, notify,
+                          submitted, slot)
             return outcome
         except KeyboardInterrupt:
             outcome.error = "interrupted"
@@ -362,12 +430,13 @@ class GenerationService:
         user_id: str,
         deadline: Deadline,
         notify: ProgressCallback,
+        submitted: float,
         slot: FalSlot | None,
     ) -> None:
         """Wait for fal, then store the images; the row ends COMPLETED, FAILED or PROCESSING."""
         assert outcome.id is not None and self.fal is not None
         fal = self.fal
-        status = self._wait(outcome, endpoint, request_id, deadline, notify)
+        status = self._wait(outcome, endpoint, request_id, deadline, notify, submitted)
         if slot is not None:
             slot.release()  # fal has answered (or we stopped waiting): the next may go
         if status is None:
@@ -427,13 +496,20 @@ class GenerationService:
         request_id: str,
         deadline: Deadline,
         notify: ProgressCallback,
+        submitted: float,
     ) -> FalStatus | None:
-        """fal's final status, or None when the deadline came first (the row says what next)."""
+        """fal's final status, or None when the deadline came first (the row says what next).
+
+        Polls every `poll_interval`, more often when this run expects the completion (see
+        `PollSchedule`); `submitted` is when the submission was answered (monotonic clock).
+        """
         assert outcome.id is not None and self.fal is not None
         last: FalStatus | None = None
+        unfinished_at: float | None = None  # when the last unfinished status was asked for
         interval = min(self.poll_interval, 0.1)
         seen_logs = 0
         while True:
+            asked_at = time.monotonic() - submitted
             try:
                 status = self.fal.status(endpoint, request_id, deadline)
             except FalTimeout:
@@ -450,7 +526,10 @@ class GenerationService:
                 return None
             last = status
             if status.state == "COMPLETED":
+                if status.error is None and unfinished_at is not None:
+                    self._polls.record(endpoint, unfinished_at, time.monotonic() - submitted)
                 return status
+            unfinished_at = asked_at
             if status.state == "IN_QUEUE":
                 crash_point("queued")
                 notify(Progress(outcome.id, "queued", queue_position=status.queue_position))
@@ -459,9 +538,10 @@ class GenerationService:
                 new_logs = status.logs[seen_logs:]
                 seen_logs = len(status.logs)
                 notify(Progress(outcome.id, "running", new_logs[-1] if new_logs else ""))
-            if deadline.remaining() <= interval:
+            delay = self._polls.delay(endpoint, time.monotonic() - submitted, interval)
+            if deadline.remaining() <= delay:
                 break
-            time.sleep(interval)
+            self._polls.sleep(endpoint, submitted, interval, delay)
             interval = min(interval * 1.5, self.poll_interval)
         self._give_up(outcome, endpoint, request_id, last, deadline)
         return None

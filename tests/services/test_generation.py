@@ -1,10 +1,11 @@
 """The generation service's batch: places at fal held from submission to fal's final status,
-and deadlines per place. Against the emulator over TLS with the real fal_client, real
-databases and a local images folder."""
+deadlines per place, and the status polling schedule. Against the emulator over TLS with the
+real fal_client, real databases and a local images folder."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from imagen4ctl.services.generation import (
     FalSlot,
     GenerationService,
     GenerationSpec,
+    PollSchedule,
     Progress,
 )
 
@@ -164,3 +166,64 @@ def test_run_releases_its_place_once(service: GenerationService, fal_emulator: F
 def test_run_without_a_place_still_generates(service: GenerationService) -> None:
     [spec] = specs("on its own")
     assert service.generate(spec, Deadline(30.0)).status == "COMPLETED"
+
+
+# --- the polling schedule ---
+
+
+def test_without_a_completion_the_normal_interval_applies() -> None:
+    schedule = PollSchedule()
+    assert schedule.expected("a/b") is None
+    assert [schedule.delay("a/b", t, 0.1) for t in (0.0, 0.95, 5.0)] == [0.1, 0.1, 0.1]
+
+
+def test_polls_are_dense_only_in_a_window_around_the_expected_completion() -> None:
+    schedule = PollSchedule(dense=0.02, half_window=0.06)
+    schedule.record("a/b", 0.9, 1.1)  # completed between 0.9 and 1.1 s: expected at 1.0
+    assert schedule.expected("a/b") == pytest.approx(1.0)
+    assert schedule.delay("a/b", 0.5, 0.1) == 0.1
+    assert schedule.delay("a/b", 0.9, 0.1) == pytest.approx(0.04)  # wakes at the window
+    assert schedule.delay("a/b", 0.95, 0.1) == 0.02
+    assert schedule.delay("a/b", 1.05, 0.1) == 0.02
+    assert schedule.delay("a/b", 1.07, 0.1) == 0.1
+    assert schedule.delay("other/endpoint", 0.95, 0.1) == 0.1
+
+
+def test_the_estimate_follows_recent_completions() -> None:
+    schedule = PollSchedule(keep=4)
+    for _ in range(4):
+        schedule.record("a/b", 4.9, 5.1)
+    for _ in range(3):
+        schedule.record("a/b", 0.9, 1.1)
+    assert schedule.expected("a/b") == pytest.approx(1.0)  # median of the last four
+
+
+def test_dense_polls_per_request_are_bounded_however_late_it_completes() -> None:
+    schedule = PollSchedule(dense=0.02, half_window=0.06)
+    schedule.record("a/b", 0.9, 1.1)
+    elapsed, dense = 0.0, 0
+    while elapsed < 10.0:  # a request still running long after the others completed
+        delay = schedule.delay("a/b", elapsed, 0.1)
+        dense += delay == 0.02
+        elapsed += delay
+    assert 0 < dense <= 2 * 0.06 / 0.02 + 1
+
+
+def test_a_first_completion_wakes_sleeping_pollers_into_the_window() -> None:
+    schedule = PollSchedule(dense=0.02, half_window=5.0)
+    sleeping = threading.Event()
+
+    def poller() -> None:
+        submitted = time.monotonic()
+        sleeping.set()
+        schedule.sleep("a/b", submitted, interval=60.0, delay=60.0)
+
+    sleeper = threading.Thread(target=poller, daemon=True)
+    sleeper.start()
+    sleeping.wait(10)
+    for _ in range(50):  # until the poller is surely waiting
+        schedule.record("a/b", 0.0, 0.2)  # requests complete ~0.1 s after submission
+        sleeper.join(timeout=0.1)
+        if not sleeper.is_alive():
+            break
+    assert not sleeper.is_alive()
