@@ -122,6 +122,11 @@ class _CappedStream(io.RawIOBase):
         return n
 
 
+def download_client() -> httpx.Client:
+    """A client for `open_image`; one per run saves loading the CA bundle for every image."""
+    return httpx.Client(follow_redirects=False)
+
+
 @contextmanager
 def open_image(
     url: str,
@@ -133,7 +138,7 @@ def open_image(
 ) -> Iterator[tuple[ImageHead, io.BufferedReader]]:
     """Open fal's image: its checked head, and a capped stream of all its bytes."""
     own = client is None
-    http = client or httpx.Client(follow_redirects=False)
+    http = client or download_client()
     try:
         target = check_url(url, trusted_hosts=trusted_hosts)
         for _ in range(_MAX_REDIRECTS + 1):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, func, select, update
 
-from imagen4ctl.adapters.download import ImageRejected, open_image
+from imagen4ctl.adapters.download import ImageRejected, download_client, open_image
 from imagen4ctl.adapters.fal import (
     Deadline,
     FalAdapter,
@@ -53,6 +53,8 @@ from imagen4ctl.keys import object_key, validate_user_id
 from imagen4ctl.settings import crash_point
 
 if TYPE_CHECKING:
+    import httpx
+
     from imagen4ctl.adapters.storage import Storage
     from imagen4ctl.db.session import Database
 
@@ -272,6 +274,16 @@ class GenerationService:
         self._uploads = ThreadPoolExecutor(max_workers=MAX_UPLOADS,
                                            thread_name_prefix="upload")
         self._polls = PollSchedule()
+        self._download_client: httpx.Client | None = None
+        self._download_lock = threading.Lock()
+
+    def _downloads(self) -> httpx.Client:
+        """One client for this run's image downloads: the CA bundle loads once, and
+        connections to fal's file host are reused."""
+        with self._download_lock:
+            if self._download_client is None:
+                self._download_client = download_client()
+            return self._download_client
 
     # --- preflight and rows ---
 
@@ -582,7 +594,8 @@ class GenerationService:
         try:
             for n, url in enumerate(urls):
                 with open_image(url, max_bytes=self.max_image_bytes, deadline=deadline,
-                                trusted_hosts=self.trusted_hosts) as (head, stream):
+                                trusted_hosts=self.trusted_hosts,
+                                client=self._downloads()) as (head, stream):
                     key = object_key(self.prefix, user_id, generation_id, n, head.ext)
                     crash_point("downloading")
                     info = self._uploads.submit(
