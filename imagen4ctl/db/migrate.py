@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imagen4ctl.db.session import Database, translate_errors
+from imagen4ctl.db.session import SCHEMA_HINT, Database, table_missing, translate_errors
 from imagen4ctl.db.values import REQUIRED_COLUMNS
 from imagen4ctl.errors import SchemaError
 
@@ -109,11 +109,10 @@ def require_current(db: Database) -> None:
     """Refuse to work on a schema that is missing or behind, with the command that fixes it."""
     state = schema_state(db)
     if not state.table_exists:
-        raise SchemaError(f"the generations table is missing in {db.describe()}",
-                          hint="Run `imagen4ctl db upgrade`.")
+        raise table_missing(db)
     if not state.up_to_date:
         raise SchemaError(
             f"the schema of {db.describe()} is at {state.current or 'no revision'}, "
             f"imagen4ctl needs {state.head}",
-            hint="Run `imagen4ctl db upgrade`.",
+            hint=SCHEMA_HINT,
         )

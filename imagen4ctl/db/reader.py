@@ -15,8 +15,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from imagen4ctl.db.session import SCHEMA_HINT, database_error
-from imagen4ctl.errors import SchemaError
+from imagen4ctl.db.session import database_error, table_missing
 
 if TYPE_CHECKING:
     from imagen4ctl.db.session import Database
@@ -87,8 +86,7 @@ def _sqlite(db: Database) -> Iterator[Reader]:
 
     path = db.sqlite_path
     if path is not None and not path.exists():  # never create the file just to read it
-        raise SchemaError(f"the generations table is missing in {db.describe()}",
-                          hint=SCHEMA_HINT)
+        raise table_missing(db)
     target = f"file:{quote(str(path))}?mode=ro" if path is not None else ":memory:"
     connection = sqlite3.connect(target, uri=path is not None, timeout=db.connect_timeout,
                                  isolation_level=None)

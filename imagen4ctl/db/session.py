@@ -16,7 +16,7 @@ from imagen4ctl.db.url import DatabaseURL, parse_url
 from imagen4ctl.errors import DatabaseError, SchemaError
 
 if TYPE_CHECKING:  # the ORM is imported only by the paths that use it
-    from sqlalchemy import Connection, Engine
+    from sqlalchemy import Engine
     from sqlalchemy.engine import URL
     from sqlalchemy.orm import Session, sessionmaker
 
@@ -98,12 +98,6 @@ class Database:
             yield session
 
     @contextmanager
-    def connect(self) -> Iterator[Connection]:
-        """A Core connection, for read-only reports that need no ORM (and its import)."""
-        with translate_errors(self), self.engine.connect() as connection:
-            yield connection
-
-    @contextmanager
     def read(self) -> Iterator[Reader]:
         """Plain SQL on the driver's own connection, in one read-only snapshot: for reports
         that must start fast (SQLAlchemy's import alone costs ~0.1 s)."""
@@ -135,6 +129,10 @@ def translate_errors(db: Database) -> Iterator[None]:
         raise database_error(db, e.orig if e.orig is not None else e) from e
 
 
+def table_missing(db: Database) -> SchemaError:
+    return SchemaError(f"the generations table is missing in {db.describe()}", hint=SCHEMA_HINT)
+
+
 def database_error(db: Database, exc: BaseException) -> DatabaseError:
     """One line a person understands, from a driver's error (whose text may be long)."""
     text = str(exc)
@@ -143,8 +141,7 @@ def database_error(db: Database, exc: BaseException) -> DatabaseError:
     if "no such table" in lowered or ("relation" in lowered and "does not exist" in lowered) or (
         "undefinedtable" in type(exc).__name__.lower()
     ):
-        return SchemaError(f"the generations table is missing in {db.describe()}",
-                           hint=SCHEMA_HINT)
+        return table_missing(db)
     if "no such column" in lowered or ("column" in lowered and "does not exist" in lowered):
         return SchemaError(f"the database schema is behind this imagen4ctl ({first})",
                            hint=SCHEMA_HINT)

@@ -78,10 +78,11 @@ def parse_url(url: str) -> DatabaseURL:
     if match is None:
         raise ConfigError(f"DATABASE_URL is not a database URL: {mask_url(url)!r}",
                           hint=EXAMPLES)
-    backend = _BACKENDS.get(match["scheme"].split("+", 1)[0].lower())
+    scheme = match["scheme"].split("+", 1)[0]  # without a +driver
+    backend = _BACKENDS.get(scheme.lower())
     if backend is None:
-        raise ConfigError(f"DATABASE_URL uses {match['scheme'].split('+', 1)[0]!r}: imagen4ctl "
-                          "supports sqlite and postgresql",
+        raise ConfigError(f"DATABASE_URL uses {scheme!r}: imagen4ctl supports sqlite and "
+                          "postgresql",
                           hint="Use sqlite:///FILE or postgresql://user@host/dbname.")
     database = match["database"] or None  # not unquoted, as SQLAlchemy does
     if backend == "sqlite" and database and database != ":memory:":

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Literal
 
+from imagen4ctl.db.session import SCHEMA_HINT
 from imagen4ctl.errors import Imagen4ctlError, StorageError
 from imagen4ctl.settings import VARIABLES, Settings
 
@@ -76,7 +77,7 @@ def diagnose(settings: Settings, *, timeout: float = 5.0, offline: bool = False)
     if database.status in {"fail", "skip"} or database.message.startswith("no database file"):
         checks.append(Check("schema", "skip", f"skipped: database is {database.status}"
                             if database.status != "warn" else "skipped: no database file yet",
-                            "Run `imagen4ctl db upgrade`." if database.status == "warn" else None))
+                            SCHEMA_HINT if database.status == "warn" else None))
     else:
         checks.append(_guard("schema", lambda: check_schema(settings, timeout)))
     checks.append(_guard("storage", lambda: check_storage(settings, timeout, offline)))
@@ -141,7 +142,7 @@ def check_schema(settings: Settings, timeout: float) -> Check:
     from imagen4ctl.db.session import Database
 
     state = schema_state(Database(settings.database_url, connect_timeout=timeout))
-    hint = "Run `imagen4ctl db upgrade`."
+    hint = SCHEMA_HINT
     if not state.table_exists:
         return Check("schema", "fail", "the generations table does not exist", hint)
     if state.missing_columns:
