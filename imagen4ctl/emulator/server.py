@@ -646,14 +646,21 @@ class FalEmulator:
             return reply
         return job
 
-    def _status(self, request: Request, app: str, request_id: str, trace: _Trace) -> Reply:
-        found = self._find(request, app, request_id, trace, "status")
+    def _find_phase(self, request: Request, app: str, request_id: str, trace: _Trace,
+                    point: str) -> tuple[_Job, _Phase, float] | Reply:
+        """`_find`, then where the job stands now (and that moment)."""
+        found = self._find(request, app, request_id, trace, point)
         if isinstance(found, Reply):
             return found
-        job = found
         now = time.monotonic()
         with self._lock:
-            phase = self._phase(job, now)
+            return found, self._phase(found, now), now
+
+    def _status(self, request: Request, app: str, request_id: str, trace: _Trace) -> Reply:
+        found = self._find_phase(request, app, request_id, trace, "status")
+        if isinstance(found, Reply):
+            return found
+        job, phase, now = found
         with_logs = request.query.get("logs", ["0"])[-1].lower() in ("1", "true", "yes")
         body: dict[str, Any] = {"status": phase.state, "request_id": request_id,
                                 **self._urls(request, app, request_id),
@@ -671,13 +678,10 @@ class FalEmulator:
         return _json_reply(200, body, request_id)
 
     def _result(self, request: Request, app: str, request_id: str, trace: _Trace) -> Reply:
-        found = self._find(request, app, request_id, trace, "result")
+        found = self._find_phase(request, app, request_id, trace, "result")
         if isinstance(found, Reply):
             return found
-        job = found
-        now = time.monotonic()
-        with self._lock:
-            phase = self._phase(job, now)
+        job, phase, now = found
         if phase.state != "COMPLETED":
             return _json_reply(400, {"detail": "Request is still in progress"}, request_id)
         outcome = self._outcome(job, request)
