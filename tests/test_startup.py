@@ -9,23 +9,32 @@ from pathlib import Path
 
 import pytest
 
+from imagen4ctl.db.session import Database
+from imagen4ctl.emulator import FalEmulator
+from tests.conftest import CANARY
+
 PROBE = """
 import sys
 from imagen4ctl.cli import main
 sys.argv = ["imagen4ctl", *{args!r}]
+code = 0
 try:
     main()
-except SystemExit:
-    pass
+except SystemExit as e:
+    code = e.code
 print("LOADED=" + ",".join(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)
+print(f"EXIT={{code}}", file=sys.stderr)
 """
 HEAVY = ("fal_client", "minio", "sqlalchemy", "httpx", "urllib3", "PIL", "alembic")
 
 
 def loaded(*args: str, **env: str) -> set[str]:
+    """The heavy modules the command loaded; it must have succeeded."""
     result = subprocess.run([sys.executable, "-c", PROBE.format(args=list(args), heavy=HEAVY)],
                             capture_output=True, text=True, timeout=60, env={**os.environ, **env})
-    line = [x for x in result.stderr.splitlines() if x.startswith("LOADED=")][-1]
+    lines = result.stderr.splitlines()
+    assert lines[-1] in ("EXIT=0", "EXIT=None"), result.stderr[-2000:]
+    line = [x for x in lines if x.startswith("LOADED=")][-1]
     return set(filter(None, line.removeprefix("LOADED=").split(",")))
 
 
@@ -38,7 +47,7 @@ def test_help_imports_nothing_heavy(args: list[str]) -> None:
 def test_offline_check_config_loads_nothing_heavy(migrated_db: str, tmp_path: Path) -> None:
     """It still checks the SQLite file and its schema, through the driver alone."""
     assert loaded("check-config", "--offline", DATABASE_URL=migrated_db,
-                  IMAGES_DIR=str(tmp_path)) == set()
+                  IMAGES_DIR=str(tmp_path), FAL_KEY=CANARY) == set()
 
 
 def test_user_images_reads_through_the_driver_alone(migrated_db: str, tmp_path: Path) -> None:
@@ -47,3 +56,18 @@ def test_user_images_reads_through_the_driver_alone(migrated_db: str, tmp_path: 
                   IMAGES_DIR=str(tmp_path)) == set()
     assert loaded("user-images", "42", DATABASE_URL=migrated_db,
                   IMAGES_DIR=str(tmp_path)) == set()
+
+
+def test_generate_writes_its_rows_through_the_driver_alone(migrated_db: str, tmp_path: Path,
+                                                          fal_emulator: FalEmulator) -> None:
+    """A batch's first submission waits for its rows, not for SQLAlchemy's import."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a lighthouse at dusk\n16:9\ta harbour in fog\n")
+    env = {"DATABASE_URL": migrated_db, "IMAGES_DIR": str(tmp_path / "images"), "FAL_KEY": CANARY}
+    needed = {"fal_client", "httpx", "PIL"}
+    assert loaded("generate", "--from-file", str(prompts), "--user-id", "u1", "--json",
+                  **env) == needed
+    assert loaded("generate", "a quiet street", "--user-id", "u1", "--json", **env) == needed
+    with Database(migrated_db).read() as reader:
+        assert reader.rows("SELECT status, count(*) FROM generations GROUP BY status") == \
+            [("COMPLETED", 3)]

@@ -122,6 +122,14 @@ class _CappedStream(io.RawIOBase):
         return n
 
 
+def load_image_support() -> None:
+    """Import Pillow and its format plugins now (tens of ms of imports, which hold the GIL),
+    rather than when the first image is checked."""
+    from PIL import Image
+
+    Image.preinit()
+
+
 def download_client() -> httpx.Client:
     """A client for `open_image`; one per run saves loading the CA bundle for every image."""
     return httpx.Client(follow_redirects=False)

@@ -47,13 +47,19 @@ class Reader:
         self.backend = backend
 
     def rows(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-        values = {name: bind(value, self.backend) for name, value in params.items()}
+        values = {name: self._value(value) for name, value in params.items()}
         cursor = self.connection.cursor()
         try:
-            cursor.execute(pyformat(sql) if self.backend == "postgresql" else sql, values)
+            cursor.execute(self._sql(sql), values)
             return [tuple(row) for row in cursor.fetchall()]
         finally:
             cursor.close()
+
+    def _value(self, value: Any) -> Any:
+        return bind(value, self.backend)
+
+    def _sql(self, sql: str) -> str:
+        return pyformat(sql) if self.backend == "postgresql" else sql
 
     def value(self, sql: str, **params: Any) -> Any:
         rows = self.rows(sql, **params)

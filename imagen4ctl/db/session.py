@@ -6,6 +6,7 @@ reports (`Database.read`) never load it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
@@ -21,6 +22,7 @@ if TYPE_CHECKING:  # the ORM is imported only by the paths that use it
     from sqlalchemy.orm import Session, sessionmaker
 
     from imagen4ctl.db.reader import Reader
+    from imagen4ctl.db.writer import Writer, WriterPool
 
 DB_HINT = "Check DATABASE_URL, and that the database server is running."
 SCHEMA_HINT = "Run `imagen4ctl db upgrade`."
@@ -51,6 +53,8 @@ class Database:
         self.connect_timeout = connect_timeout
         self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
+        self._writers: WriterPool | None = None
+        self._writers_lock = threading.Lock()
 
     @cached_property
     def url(self) -> URL:
@@ -106,9 +110,24 @@ class Database:
         with open_reader(self) as reader:
             yield reader
 
+    @contextmanager
+    def write(self, *, exclusive: bool = False) -> Iterator[Writer]:
+        """Plain SQL in one committed transaction on a pooled driver connection: the
+        generation service's writes, which must not wait for SQLAlchemy's import."""
+        from imagen4ctl.db.writer import WriterPool
+
+        with self._writers_lock:
+            if self._writers is None:
+                self._writers = WriterPool(self)
+            writers = self._writers
+        with writers.transaction(exclusive=exclusive) as writer:
+            yield writer
+
     def dispose(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
+        if self._writers is not None:
+            self._writers.close()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

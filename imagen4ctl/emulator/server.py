@@ -50,6 +50,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -245,6 +246,7 @@ class FalEmulator:
         self._ca_path: Path | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._renderer: ThreadPoolExecutor | None = None
 
     # -- knobs -------------------------------------------------------------------------
 
@@ -294,6 +296,7 @@ class FalEmulator:
         except OSError:
             self._remove_cert_dir()
             raise
+        self._renderer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fal-render")
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.2},
                                         name="fal-emulator", daemon=True)
@@ -309,6 +312,9 @@ class FalEmulator:
         server.close_connections()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._renderer is not None:
+            self._renderer.shutdown(wait=False, cancel_futures=True)
+            self._renderer = None
         self._remove_cert_dir()
 
     def _remove_cert_dir(self) -> None:
@@ -533,6 +539,10 @@ class FalEmulator:
                 position=self.queue_depth + ahead,
             )
             self._jobs[request_id] = job
+        if model_input is not None and self._renderer is not None:
+            # The images are made while the request runs, as at fal: rendered at completion,
+            # a wave of requests finishing together would wait on this process's CPU.
+            self._renderer.submit(self._file_sizes, job)
         body = {"status": "IN_QUEUE", "request_id": request_id,
                 **self._urls(request, app_id, request_id), "queue_position": job.position}
         return _json_reply(200, body, request_id)

@@ -20,9 +20,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, func, select, update
-
-from imagen4ctl.adapters.download import ImageRejected, download_client, open_image
+from imagen4ctl.adapters.download import (
+    ImageRejected,
+    download_client,
+    load_image_support,
+    open_image,
+)
 from imagen4ctl.adapters.fal import (
     Deadline,
     FalAdapter,
@@ -30,15 +33,15 @@ from imagen4ctl.adapters.fal import (
     FalSubmissionUnknown,
     FalTimeout,
 )
-from imagen4ctl.db.models import (
+from imagen4ctl.db.values import (
     COMPLETED,
     FAILED,
     IMAGEN4,
     PENDING,
     PROCESSING,
-    Generation,
     utcnow,
 )
+from imagen4ctl.db.writer import Writer, in_list
 from imagen4ctl.errors import (
     FalCredentialsMissing,
     FalError,
@@ -68,6 +71,11 @@ FIX_PENDING_HINT = "`imagen4ctl fix-pending` will collect it."
 # --concurrency: glibc keeps such buffers in the arena of the thread that freed them, so
 # uploads spread over 16 threads kept ~16 images resident even with fewer in flight.
 MAX_UPLOADS = 8
+# The columns a state change may set (they are named in the SQL, never taken from input).
+_UPDATABLE = frozenset({
+    "status", "fal_request_id", "result_urls", "error", "updated_at", "submit_started_at",
+    "submitted_at", "completed_at",
+})
 
 
 @dataclass(frozen=True)
@@ -276,6 +284,7 @@ class GenerationService:
         self._polls = PollSchedule()
         self._download_client: httpx.Client | None = None
         self._download_lock = threading.Lock()
+        self._prepared = False
 
     def _downloads(self) -> httpx.Client:
         """One client for this run's image downloads: the CA bundle loads once, and
@@ -284,6 +293,21 @@ class GenerationService:
             if self._download_client is None:
                 self._download_client = download_client()
             return self._download_client
+
+    def _prepare_storing(self) -> None:
+        """Once, on a thread of its own: load what storing an image needs (Pillow, the
+        download client) while the first generations are at fal. Left to the first image, it
+        ran when a whole batch's first wave finished at once and delayed every status call."""
+        with self._download_lock:
+            if self._prepared:
+                return
+            self._prepared = True
+
+        def prepare() -> None:
+            load_image_support()
+            self._downloads()
+
+        threading.Thread(target=prepare, name="prepare-storing", daemon=True).start()
 
     # --- preflight and rows ---
 
@@ -313,12 +337,19 @@ class GenerationService:
                                hint="Create it, or set MINIO_BUCKET / IMAGES_DIR.")
         return fal
 
-    def _new_row(self, spec: GenerationSpec) -> Generation:
+    def _insert(self, db: Writer, spec: GenerationSpec) -> int:
+        """A PENDING row for `spec`; its id."""
         params = {k: v for k, v in spec.arguments().items() if k not in {"prompt",
                                                                           "aspect_ratio"}}
-        return Generation(user_id=spec.user_id, kind=spec.kind, status=PENDING,
-                          prompt=spec.prompt, aspect_ratio=spec.aspect_ratio,
-                          fal_endpoint=self.model, params=params)
+        now = utcnow()
+        return int(db.value(
+            "INSERT INTO generations (user_id, kind, status, prompt, aspect_ratio, "
+            "fal_endpoint, params, created_at, updated_at) VALUES (:user_id, :kind, "
+            ":status, :prompt, :aspect_ratio, :fal_endpoint, :params, :now, :now) "
+            "RETURNING id",
+            user_id=spec.user_id, kind=spec.kind, status=PENDING, prompt=spec.prompt,
+            aspect_ratio=spec.aspect_ratio, fal_endpoint=self.model,
+            params=params, now=now))
 
     def create(self, spec: GenerationSpec) -> int:
         return self.create_many([spec])[0]
@@ -326,23 +357,21 @@ class GenerationService:
     def create_many(self, specs: Sequence[GenerationSpec]) -> list[int]:
         """PENDING rows for `specs`, in order, with one commit: on SQLite each commit costs
         several fsyncs, and a batch of 100 waited ~2 s for its rows one by one."""
-        with self.database.session() as session:
-            rows = [self._new_row(spec) for spec in specs]
-            session.add_all(rows)
-            session.commit()
-            return [row.id for row in rows]
+        with self.database.write() as db:
+            return [self._insert(db, spec) for spec in specs]
 
     def _update(self, generation_id: int, expected: Sequence[str], **values: Any) -> bool:
         """One committed, conditional state change; False when the row moved on meanwhile."""
         values.setdefault("updated_at", utcnow())
-        with self.database.session() as session:
-            result = session.execute(
-                update(Generation)
-                .where(and_(Generation.id == generation_id, Generation.status.in_(expected)))
-                .values(**values)
-            )
-            session.commit()
-            return bool(getattr(result, "rowcount", 0))
+        unknown = values.keys() - _UPDATABLE
+        assert not unknown, f"not a column imagen4ctl updates: {sorted(unknown)}"
+        states, state_params = in_list("state", expected)
+        assignments = ", ".join(f"{name} = :{name}" for name in values)
+        with self.database.write() as db:
+            return db.execute(
+                f"UPDATE generations SET {assignments} "  # noqa: S608 (names from _UPDATABLE)
+                f"WHERE id = :generation_id AND status IN {states}",
+                generation_id=generation_id, **state_params, **values) > 0
 
     def _fail(self, outcome: Outcome, reason: str, expected: Sequence[str]) -> None:
         reason = " ".join(reason.split())[:500]
@@ -409,6 +438,7 @@ class GenerationService:
             outcome.status, outcome.fal_request_id = PROCESSING, request_id
             if not wait:
                 return outcome
+            self._prepare_storing()
             self._collect(outcome, endpoint, request_id, spec.user_id, deadline, notify,
                           submitted, slot)
             return outcome
@@ -428,11 +458,11 @@ class GenerationService:
         if not self._update(generation_id, [PENDING], status=PROCESSING,
                             fal_request_id=request_id, submitted_at=now, error=None):
             # Another run changed the status meanwhile: still keep the paid request's id.
-            with self.database.session() as session:
-                session.execute(update(Generation).where(
-                    and_(Generation.id == generation_id, Generation.fal_request_id.is_(None))
-                ).values(fal_request_id=request_id, submitted_at=now))
-                session.commit()
+            with self.database.write() as db:
+                db.execute("UPDATE generations SET fal_request_id = :request_id, "
+                           "submitted_at = :now WHERE id = :generation_id "
+                           "AND fal_request_id IS NULL",
+                           request_id=request_id, now=now, generation_id=generation_id)
 
     def _collect(
         self,
@@ -659,41 +689,31 @@ class GenerationService:
         """Insert rows for the specs whose (user, kind, prompt, ratio) has no COMPLETED or
         in-flight row yet, in one transaction that concurrent runs serialize on."""
         created: list[tuple[int, GenerationSpec]] = []
-        with self.database.session() as session:
-            users = sorted({spec.user_id for spec in specs})
-            if self.database.is_sqlite:
-                # Any write takes SQLite's one writer lock for the rest of the transaction.
-                session.execute(update(Generation).where(Generation.id == -1).values(id=-1))
-            else:
+        users = sorted({spec.user_id for spec in specs})
+        in_users, user_params = in_list("user", users)
+        with self.database.write(exclusive=True) as db:  # SQLite: its one writer lock
+            if not self.database.is_sqlite:
                 for user in users:
-                    session.execute(select(func.pg_advisory_xact_lock(_lock_key(user))))
-            existing = {tuple(row) for row in session.execute(
-                select(Generation.user_id, Generation.kind, Generation.prompt,
-                       Generation.aspect_ratio)
-                .where(Generation.user_id.in_(users),
-                       Generation.status.in_((COMPLETED, PENDING, PROCESSING)))
-            )}
+                    db.execute("SELECT pg_advisory_xact_lock(:key)", key=_lock_key(user))
+            existing = set(db.rows(
+                "SELECT user_id, kind, prompt, aspect_ratio FROM generations "
+                f"WHERE user_id IN {in_users} AND status IN "  # noqa: S608
+                "('COMPLETED', 'PENDING', 'PROCESSING')", **user_params))
             for spec in specs:
                 identity = (spec.user_id, spec.kind, spec.prompt, spec.aspect_ratio)
                 if identity in existing:
                     continue
                 existing.add(identity)
-                row = self._new_row(spec)
-                session.add(row)
-                session.flush()
-                created.append((row.id, spec))
-            session.commit()
+                created.append((self._insert(db, spec), spec))
         return created
 
     def existing_pairs(self, user_id: str, kind: str = IMAGEN4) -> set[tuple[str, str | None]]:
         """(prompt, aspect ratio) pairs this user has COMPLETED or in flight: seeding skips them."""
-        with self.database.session() as session:
-            rows = session.execute(
-                select(Generation.prompt, Generation.aspect_ratio).where(
-                    Generation.user_id == user_id, Generation.kind == kind,
-                    Generation.status.in_((COMPLETED, PENDING, PROCESSING))).distinct()
-            )
-            return {(prompt, ratio) for prompt, ratio in rows}
+        with self.database.read() as db:
+            return {(prompt, ratio) for prompt, ratio in db.rows(
+                "SELECT DISTINCT prompt, aspect_ratio FROM generations WHERE user_id = :user "
+                "AND kind = :kind AND status IN ('COMPLETED', 'PENDING', 'PROCESSING')",
+                user=user_id, kind=kind)}
 
 
 def _lock_key(user_id: str) -> int:

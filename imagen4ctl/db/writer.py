@@ -1,0 +1,142 @@
+"""Plain SQL writes on the driver's own connections: the generation service's state changes.
+
+A batch's first submission waits for its rows, and importing SQLAlchemy costs as long as
+everything else before it. So the generation service writes `generations` with plain SQL
+that SQLite and PostgreSQL both run (`:name` parameters, as for the reports), through sqlite3
+or psycopg2, on a few pooled connections. Values are stored as SQLAlchemy stores them (naive
+UTC text on SQLite, JSON as text on SQLite and JSONB on PostgreSQL), so the ORM paths read
+these rows unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from imagen4ctl.db.reader import Reader, bind
+from imagen4ctl.db.session import database_error
+
+if TYPE_CHECKING:
+    from imagen4ctl.db.session import Database
+
+BUSY_TIMEOUT_MS = 5000  # as the SQLAlchemy path: wait for another writer, then say so
+
+
+class Writer(Reader):
+    """One transaction on one connection."""
+
+    def execute(self, sql: str, **params: Any) -> int:
+        """Run one statement; the number of rows it changed."""
+        values = {name: self._value(value) for name, value in params.items()}
+        cursor = self.connection.cursor()
+        try:
+            cursor.execute(self._sql(sql), values)
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
+
+    def _value(self, value: Any) -> Any:
+        if isinstance(value, dict | list):
+            if self.backend == "postgresql":
+                from psycopg2.extras import Json
+
+                return Json(value)
+            return json.dumps(value)
+        return bind(value, self.backend)
+
+
+def in_list(name: str, values: Sequence[Any]) -> tuple[str, dict[str, Any]]:
+    """`(:name0, :name1, …)` and its parameters, for `column IN` a list of values."""
+    params = {f"{name}{i}": value for i, value in enumerate(values)}
+    return "(" + ", ".join(f":{key}" for key in params) + ")", params
+
+
+class WriterPool:
+    """Connections kept open between transactions (a batch commits three times a generation);
+    thread-safe, each connection used by one thread at a time."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+        if db.is_sqlite:
+            import sqlite3
+
+            self._error: type[BaseException] = sqlite3.Error
+        else:
+            import psycopg2
+
+            self._error = psycopg2.Error
+
+    @contextmanager
+    def transaction(self, *, exclusive: bool = False) -> Iterator[Writer]:
+        """Committed when the block ends, rolled back if it raises. `exclusive` takes SQLite's
+        writer lock at once (PostgreSQL callers take advisory locks of their own)."""
+        connection = None
+        try:
+            connection = self._take()
+            backend = "sqlite" if self.db.is_sqlite else "postgresql"
+            if self.db.is_sqlite:
+                connection.execute("BEGIN IMMEDIATE" if exclusive else "BEGIN")
+            writer = Writer(connection, backend)
+            try:
+                yield writer
+            except BaseException:
+                connection.rollback()
+                raise
+            connection.commit()
+        except self._error as e:
+            if connection is not None:
+                connection.close()  # in an unknown state: never reused
+            raise database_error(self.db, e) from e
+        self._give(connection)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
+    def _take(self) -> Any:
+        while True:
+            with self._lock:
+                connection = self._idle.pop() if self._idle else None
+            if connection is None:
+                return self._connect()
+            if self.db.is_sqlite or self._alive(connection):
+                return connection
+
+    def _give(self, connection: Any) -> None:
+        with self._lock:
+            self._idle.append(connection)
+
+    def _alive(self, connection: Any) -> bool:
+        """A pooled PostgreSQL connection still works (the server may have restarted)."""
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            connection.rollback()
+            return True
+        except self._error:
+            connection.close()
+            return False
+
+    def _connect(self) -> Any:
+        db = self.db
+        if db.is_sqlite:
+            import sqlite3
+
+            path = db.sqlite_path
+            connection = sqlite3.connect(str(path) if path is not None else ":memory:",
+                                         timeout=db.connect_timeout, isolation_level=None,
+                                         check_same_thread=False)
+            connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            return connection
+        import psycopg2
+
+        params: dict[str, Any] = {**db.location.libpq_params(),
+                                  "connect_timeout": max(1, round(db.connect_timeout))}
+        return psycopg2.connect(**params)

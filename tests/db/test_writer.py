@@ -1,0 +1,117 @@
+"""The generation service's write path: plain SQL through sqlite3 / psycopg2, on both databases.
+
+Rows it writes must read back through the ORM exactly as if SQLAlchemy had written them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from imagen4ctl.adapters.storage import LocalStorage
+from imagen4ctl.db import writer as writer_module
+from imagen4ctl.db.models import Generation
+from imagen4ctl.db.session import Database
+from imagen4ctl.errors import DatabaseError
+from imagen4ctl.services.generation import GenerationService, GenerationSpec
+
+
+def service_on(db: Database, tmp_path: Path) -> GenerationService:
+    return GenerationService(db, LocalStorage(tmp_path / "images"), None, model="fal-ai/imagen4",
+                             prefix="g/", max_image_bytes=1024)
+
+
+def test_rows_written_read_back_through_the_orm_unchanged(migrated_db: str,
+                                                          tmp_path: Path) -> None:
+    db = Database(migrated_db)
+    service = service_on(db, tmp_path)
+    spec = GenerationSpec("u1", "a harbour at dawn, 50% fog", aspect_ratio="16:9", seed=7,
+                          negative_prompt="boats")
+    before = datetime.now(UTC)
+    [first, second] = service.create_many([spec, GenerationSpec("u1", "a lighthouse")])
+    done = datetime(2026, 11, 26, 7, 30, 5, 123456, tzinfo=UTC)
+    assert service._update(first, ["PENDING"], status="COMPLETED", completed_at=done,
+                           result_urls=["g/u1/1-0.png", "g/u1/1-1.png"], fal_request_id="r-1")
+    assert not service._update(first, ["PENDING"], status="FAILED")  # it moved on
+    with db.session() as session:
+        row = session.get(Generation, first)
+        assert row is not None
+        assert (row.user_id, row.kind, row.status, row.prompt, row.aspect_ratio) == \
+            ("u1", "imagen4", "COMPLETED", "a harbour at dawn, 50% fog", "16:9")
+        assert row.params == {"num_images": 1, "seed": 7, "negative_prompt": "boats"}
+        assert row.result_urls == ["g/u1/1-0.png", "g/u1/1-1.png"]
+        assert row.completed_at == done
+        assert row.fal_endpoint == "fal-ai/imagen4" and row.fal_request_id == "r-1"
+        assert before - timedelta(seconds=1) <= row.created_at <= datetime.now(UTC)
+        assert row.updated_at >= row.created_at
+        other = session.get(Generation, second)
+        assert other is not None and other.status == "PENDING" and other.result_urls is None
+    db.dispose()
+
+
+def test_a_failed_block_writes_nothing(migrated_db: str, tmp_path: Path) -> None:
+    db = Database(migrated_db)
+    with pytest.raises(RuntimeError), db.write() as writer:
+        writer.execute("INSERT INTO generations (user_id, kind, status, prompt, created_at, "
+                       "updated_at) VALUES ('u', 'imagen4', 'PENDING', 'p', :t, :t)",
+                       t=datetime.now(UTC))
+        raise RuntimeError("stop")
+    with db.read() as reader:
+        assert reader.value("SELECT count(*) FROM generations") == 0
+    with db.write() as writer:  # the pool still works after the rollback
+        assert writer.value("SELECT count(*) FROM generations") == 0
+    db.dispose()
+
+
+def test_a_pooled_connection_the_server_dropped_is_replaced(migrated_db: str) -> None:
+    if migrated_db.startswith("sqlite"):
+        pytest.skip("PostgreSQL only: a SQLite file has no server to drop a connection")
+    db = Database(migrated_db)
+    with db.write() as writer:
+        pid = writer.value("SELECT pg_backend_pid()")
+    with db.write() as writer:
+        assert writer.value("SELECT pg_backend_pid()") == pid  # kept open, reused
+    import psycopg2
+
+    killer = psycopg2.connect(**db.location.libpq_params())
+    killer.autocommit = True
+    with killer.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    killer.close()
+    with db.write() as writer:
+        assert writer.value("SELECT pg_backend_pid()") != pid
+        assert writer.value("SELECT count(*) FROM generations") == 0
+    db.dispose()
+
+
+def test_a_locked_sqlite_file_is_one_line_and_the_next_write_works(
+        migrated_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not migrated_db.startswith("sqlite"):
+        pytest.skip("SQLite only: PostgreSQL writers wait on row locks instead")
+    monkeypatch.setattr(writer_module, "BUSY_TIMEOUT_MS", 50)
+    db = Database(migrated_db)
+    assert db.sqlite_path is not None
+    holder = sqlite3.connect(db.sqlite_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(DatabaseError) as caught, db.write(exclusive=True):
+            pass
+        assert caught.value.message == f"{db.describe()} is locked by another writer"
+        assert "\n" not in caught.value.message
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with db.write(exclusive=True) as writer:
+        assert writer.value("SELECT count(*) FROM generations") == 0
+    db.dispose()
+
+
+def test_only_known_columns_can_be_set(migrated_db: str, tmp_path: Path) -> None:
+    service = service_on(Database(migrated_db), tmp_path)
+    [generation_id] = service.create_many([GenerationSpec("u1", "a lighthouse")])
+    with pytest.raises(AssertionError, match="user_id"):
+        service._update(generation_id, ["PENDING"], user_id="someone else")
+    service.database.dispose()
