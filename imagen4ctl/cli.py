@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -129,6 +130,10 @@ app.add_typer(db_app, name="db")
 
 
 def main() -> None:
+    # httpcore (under fal_client and httpx) imports trio whenever it is installed, for trio
+    # event loops: ~0.1 s before a batch's first submission. imagen4ctl runs no event loop of
+    # trio's, so its import is refused in this process (httpcore then leaves trio out).
+    sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
     try:
         app(prog_name="imagen4ctl")
     finally:
