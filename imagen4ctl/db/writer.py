@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from imagen4ctl.db.reader import Reader, bind
@@ -62,6 +62,11 @@ class WriterPool:
         self.db = db
         self._idle: list[Any] = []
         self._lock = threading.Lock()
+        # SQLite lets one writer in at a time; a writer that finds it taken sleeps in growing
+        # steps (up to 100 ms) before trying again. This process's own writers queue here
+        # instead and go in the moment the previous one commits; other processes still
+        # meet the busy timeout.
+        self._turn: threading.Lock | None = threading.Lock() if db.is_sqlite else None
         if db.is_sqlite:
             import sqlite3
 
@@ -74,7 +79,14 @@ class WriterPool:
     @contextmanager
     def transaction(self, *, exclusive: bool = False) -> Iterator[Writer]:
         """Committed when the block ends, rolled back if it raises. `exclusive` takes SQLite's
-        writer lock at once (PostgreSQL callers take advisory locks of their own)."""
+        writer lock at once (PostgreSQL callers take advisory locks of their own). Not
+        re-entrant: a thread finishes one transaction before it opens another."""
+        with self._turn or nullcontext():
+            with self._transaction(exclusive) as writer:
+                yield writer
+
+    @contextmanager
+    def _transaction(self, exclusive: bool) -> Iterator[Writer]:
         connection = None
         try:
             connection = self._take()

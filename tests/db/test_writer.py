@@ -6,6 +6,7 @@ Rows it writes must read back through the ORM exactly as if SQLAlchemy had writt
 from __future__ import annotations
 
 import sqlite3
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -115,3 +116,32 @@ def test_only_known_columns_can_be_set(migrated_db: str, tmp_path: Path) -> None
     with pytest.raises(AssertionError, match="user_id"):
         service._update(generation_id, ["PENDING"], user_id="someone else")
     service.database.dispose()
+
+
+def test_this_processs_sqlite_writers_take_turns_instead_of_meeting_the_busy_timeout(
+        migrated_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sixteen threads writing at once, with no busy timeout at all: none is refused."""
+    if not migrated_db.startswith("sqlite"):
+        pytest.skip("SQLite only: one writer at a time is SQLite's rule")
+    monkeypatch.setattr(writer_module, "BUSY_TIMEOUT_MS", 0)
+    db = Database(migrated_db)
+    service = service_on(db, tmp_path)
+    ids = service.create_many([GenerationSpec("u1", f"prompt {n}") for n in range(16)])
+    failures: list[BaseException] = []
+
+    def churn(generation_id: int) -> None:
+        try:
+            for n in range(10):
+                service._update(generation_id, ["PENDING"], error=f"attempt {n}")
+        except BaseException as e:  # noqa: BLE001 - collected for the assertion
+            failures.append(e)
+
+    threads = [threading.Thread(target=churn, args=(i,)) for i in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert failures == []
+    with db.read() as reader:
+        assert reader.value("SELECT count(*) FROM generations WHERE error = 'attempt 9'") == 16
+    db.dispose()
