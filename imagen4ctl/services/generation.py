@@ -234,14 +234,25 @@ class PollSchedule:
         with self._recorded:
             return self._delay(endpoint, elapsed, interval)
 
-    def sleep(self, endpoint: str, submitted: float, interval: float, delay: float) -> None:
+    def sleep(self, endpoint: str, submitted: float, interval: float, delay: float,
+              asked: float | None = None) -> None:
         """Sleep `delay` seconds, or less when a completion recorded meanwhile brings the
-        window closer; `submitted` is the request's submission time (monotonic clock)."""
+        window closer; `submitted` is the request's submission time (monotonic clock).
+
+        With `asked`, when the last status call went out (seconds after submission): a
+        completion expected after that call, but already passed, ends the sleep at once. A
+        batch's first wave is submitted together and finishes together, and its requests
+        would otherwise each wait a whole interval after the first one has been seen done.
+        """
         wake = time.monotonic() + delay
         with self._recorded:
             while (remaining := wake - time.monotonic()) > 0:
                 if self._recorded.wait(remaining):
                     now = time.monotonic()
+                    expected = self._expected(endpoint)
+                    if asked is not None and expected is not None and \
+                            asked < expected <= now - submitted:
+                        return
                     wake = min(wake, now + self._delay(endpoint, now - submitted, interval))
 
     def _expected(self, endpoint: str) -> float | None:
@@ -583,7 +594,7 @@ class GenerationService:
             delay = self._polls.delay(endpoint, time.monotonic() - submitted, interval)
             if deadline.remaining() <= delay:
                 break
-            self._polls.sleep(endpoint, submitted, interval, delay)
+            self._polls.sleep(endpoint, submitted, interval, delay, asked_at)
             interval = min(interval * 1.5, self.poll_interval)
         self._give_up(outcome, endpoint, request_id, last, deadline)
         return None

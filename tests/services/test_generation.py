@@ -209,6 +209,30 @@ def test_dense_polls_per_request_are_bounded_however_late_it_completes() -> None
     assert 0 < dense <= 2 * 0.06 / 0.02 + 1
 
 
+def test_a_completion_passed_since_the_last_status_call_wakes_the_poller_at_once() -> None:
+    """A first wave finishes together: once one is seen done, the others ask again now."""
+    schedule = PollSchedule(dense=0.02, half_window=0.06)
+    woke: dict[float, float] = {}
+
+    def poller(asked: float) -> None:
+        submitted = time.monotonic() - 1.0  # submitted a second ago
+        schedule.sleep("a/b", submitted, interval=1.5, delay=1.5, asked=asked)
+        woke[asked] = time.monotonic()
+
+    before = threading.Thread(target=poller, args=(0.5,), daemon=True)  # asked before 0.6
+    after = threading.Thread(target=poller, args=(0.8,), daemon=True)  # asked since
+    before.start()
+    after.start()
+    time.sleep(0.2)  # both are asleep
+    recorded = time.monotonic()
+    schedule.record("a/b", 0.5, 0.7)  # a sibling completed ~0.6 s after its submission
+    before.join(timeout=1.0)
+    assert not before.is_alive() and woke[0.5] - recorded < 0.5
+    after.join(timeout=0.5)
+    assert after.is_alive()  # its last answer is newer than that: it sleeps on
+    after.join(timeout=5)
+
+
 def test_a_first_completion_wakes_sleeping_pollers_into_the_window() -> None:
     schedule = PollSchedule(dense=0.02, half_window=5.0)
     sleeping = threading.Event()
