@@ -22,10 +22,12 @@ try:
     main()
 except SystemExit as e:
     code = e.code
-print("LOADED=" + ",".join(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)
+print("LOADED=" + ",".join(m for m in {heavy!r} if sys.modules.get(m) is not None),
+      file=sys.stderr)
 print(f"EXIT={{code}}", file=sys.stderr)
 """
-HEAVY = ("fal_client", "minio", "sqlalchemy", "httpx", "urllib3", "PIL", "alembic")
+# trio: httpcore imports it whenever it is installed; the CLI refuses it (no trio loop here).
+HEAVY = ("fal_client", "minio", "sqlalchemy", "httpx", "urllib3", "PIL", "alembic", "trio")
 
 
 def loaded(*args: str, **env: str) -> set[str]:
