@@ -47,19 +47,21 @@ class Reader:
         self.backend = backend
 
     def rows(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-        values = {name: self._value(value) for name, value in params.items()}
+        with self._executed(sql, params) as cursor:
+            return [tuple(row) for row in cursor.fetchall()]
+
+    @contextmanager
+    def _executed(self, sql: str, params: dict[str, Any]) -> Iterator[Any]:
         cursor = self.connection.cursor()
         try:
-            cursor.execute(self._sql(sql), values)
-            return [tuple(row) for row in cursor.fetchall()]
+            cursor.execute(pyformat(sql) if self.backend == "postgresql" else sql,
+                           {name: self._value(value) for name, value in params.items()})
+            yield cursor
         finally:
             cursor.close()
 
     def _value(self, value: Any) -> Any:
         return bind(value, self.backend)
-
-    def _sql(self, sql: str) -> str:
-        return pyformat(sql) if self.backend == "postgresql" else sql
 
     def value(self, sql: str, **params: Any) -> Any:
         rows = self.rows(sql, **params)

@@ -30,13 +30,8 @@ class Writer(Reader):
 
     def execute(self, sql: str, **params: Any) -> int:
         """Run one statement; the number of rows it changed."""
-        values = {name: self._value(value) for name, value in params.items()}
-        cursor = self.connection.cursor()
-        try:
-            cursor.execute(self._sql(sql), values)
+        with self._executed(sql, params) as cursor:
             return int(cursor.rowcount)
-        finally:
-            cursor.close()
 
     def _value(self, value: Any) -> Any:
         if isinstance(value, dict | list):
@@ -87,23 +82,25 @@ class WriterPool:
 
     @contextmanager
     def _transaction(self, exclusive: bool) -> Iterator[Writer]:
-        connection = None
         try:
             connection = self._take()
-            backend = "sqlite" if self.db.is_sqlite else "postgresql"
+        except self._error as e:
+            raise database_error(self.db, e) from e
+        try:
             if self.db.is_sqlite:
                 connection.execute("BEGIN IMMEDIATE" if exclusive else "BEGIN")
-            writer = Writer(connection, backend)
             try:
-                yield writer
+                yield Writer(connection, "sqlite" if self.db.is_sqlite else "postgresql")
             except BaseException:
                 connection.rollback()
                 raise
             connection.commit()
         except self._error as e:
-            if connection is not None:
-                connection.close()  # in an unknown state: never reused
+            connection.close()  # in an unknown state: never reused
             raise database_error(self.db, e) from e
+        except BaseException:
+            self._give(connection)  # rolled back: fit for the next transaction
+            raise
         self._give(connection)
 
     def close(self) -> None:
