@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,19 @@ def test_generate_writes_its_rows_through_the_driver_alone(migrated_db: str, tmp
     with Database(migrated_db).read() as reader:
         assert reader.rows("SELECT status, count(*) FROM generations GROUP BY status") == \
             [("COMPLETED", 3)]
+
+
+def test_a_fix_pending_dry_run_reads_through_the_driver_alone(migrated_db: str, tmp_path: Path,
+                                                             fal_emulator: FalEmulator) -> None:
+    """Planning reads the stuck rows and asks fal; only changing rows loads the ORM."""
+    from tests.factories import bot_row, insert_rows
+
+    insert_rows(migrated_db, [bot_row("u1", "imagen4", "PENDING", age=timedelta(hours=2)),
+                              bot_row("u2", "imagen4", "PROCESSING", age=timedelta(hours=3),
+                                      fal_request_id="expired-0000")])
+    env = {"DATABASE_URL": migrated_db, "IMAGES_DIR": str(tmp_path / "images"), "FAL_KEY": CANARY}
+    assert loaded("fix-pending", "--json", **env) == {"fal_client", "httpx"}
+    assert "sqlalchemy" in loaded("fix-pending", "--apply", "--json", **env)
+    with Database(migrated_db).read() as reader:
+        assert reader.rows("SELECT status FROM generations ORDER BY id") == \
+            [("FAILED",), ("FAILED",)]

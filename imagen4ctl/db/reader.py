@@ -45,14 +45,27 @@ class Reader:
     def __init__(self, connection: Any, backend: str) -> None:
         self.connection = connection
         self.backend = backend
+        self._cursors = 0
 
     def rows(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
         with self._executed(sql, params) as cursor:
             return [tuple(row) for row in cursor.fetchall()]
 
+    def stream(self, sql: str, *, size: int = 500, **params: Any) -> Iterator[tuple[Any, ...]]:
+        """Rows as they come, `size` at a time, never all in memory (a server-side cursor on
+        PostgreSQL)."""
+        with self._executed(sql, params, server_side=True) as cursor:
+            while rows := cursor.fetchmany(size):
+                yield from (tuple(row) for row in rows)
+
     @contextmanager
-    def _executed(self, sql: str, params: dict[str, Any]) -> Iterator[Any]:
-        cursor = self.connection.cursor()
+    def _executed(self, sql: str, params: dict[str, Any], *,
+                  server_side: bool = False) -> Iterator[Any]:
+        if server_side and self.backend == "postgresql":
+            self._cursors += 1
+            cursor = self.connection.cursor(name=f"imagen4ctl_{self._cursors}")
+        else:  # sqlite3 steps through the result as it is fetched anyway
+            cursor = self.connection.cursor()
         try:
             cursor.execute(pyformat(sql) if self.backend == "postgresql" else sql,
                            {name: self._value(value) for name, value in params.items()})

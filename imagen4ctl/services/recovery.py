@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import httpx
-from sqlalchemy import and_, delete, insert, or_, select, update
 
 from imagen4ctl.adapters.fal import (
     Deadline,
@@ -34,15 +33,7 @@ from imagen4ctl.adapters.fal import (
     parse_result,
     platform_requests,
 )
-from imagen4ctl.db.models import (
-    COMPLETED,
-    FAILED,
-    IN_FLIGHT,
-    PENDING,
-    Generation,
-    as_utc,
-    utcnow,
-)
+from imagen4ctl.db.values import COMPLETED, FAILED, PENDING, as_utc, utcnow
 from imagen4ctl.errors import (
     FalError,
     FalRequestRejected,
@@ -51,6 +42,9 @@ from imagen4ctl.errors import (
     UsageError,
 )
 from imagen4ctl.services.generation import GenerationService, GenerationSpec
+
+if TYPE_CHECKING:  # the ORM is loaded only to change rows (a dry run reads through the driver)
+    from imagen4ctl.db.models import Generation
 
 Action = Literal["recover", "wait", "fail", "resubmit", "delete", "skip"]
 ACTIONS: tuple[Action, ...] = ("recover", "wait", "fail", "resubmit", "delete", "skip")
@@ -156,6 +150,36 @@ def _claim_is_dead(claimed_by: str | None) -> bool:
     return False
 
 
+class StuckRow(NamedTuple):
+    """The columns fix-pending plans with, as the driver reads them."""
+
+    id: int
+    user_id: str
+    kind: str
+    status: str
+    prompt: str
+    aspect_ratio: str | None
+    fal_request_id: str | None
+    fal_endpoint: str | None
+    params: Any
+    created_at: datetime
+    updated_at: datetime
+    submit_started_at: datetime | None
+    claimed_by: str | None
+    claimed_at: datetime | None
+
+    @classmethod
+    def from_driver(cls, values: tuple[Any, ...]) -> StuckRow:
+        """SQLite gives times and JSON as text; psycopg2 gives datetimes and dicts."""
+        row = cls(*values)
+        params = json.loads(row.params) if isinstance(row.params, str) else row.params
+        created, updated = as_utc(row.created_at), as_utc(row.updated_at)
+        assert created is not None and updated is not None  # NOT NULL columns
+        return row._replace(params=params, created_at=created, updated_at=updated,
+                            submit_started_at=as_utc(row.submit_started_at),
+                            claimed_at=as_utc(row.claimed_at))
+
+
 class Recovery:
     def __init__(
         self,
@@ -181,27 +205,26 @@ class Recovery:
 
     # --- finding ---
 
-    def stuck_rows(self) -> Iterator[Generation]:
-        """Stream the candidates (never all rows in memory): oldest first."""
+    def stuck_rows(self) -> Iterator[StuckRow]:
+        """Stream the candidates (never all rows in memory): oldest first. Read through the
+        driver: SQLAlchemy's import and its objects cost more than the 10,000 rows."""
         o = self.options
-        now = utcnow()
-        g = Generation
-        query = (
-            select(g).where(g.kind == o.kind, g.status.in_(IN_FLIGHT),
-                            g.updated_at < now - timedelta(seconds=o.older_than))
-            .order_by(g.created_at, g.id)
-            .execution_options(yield_per=500)
-        )
+        where = ["kind = :kind", "status IN ('PENDING', 'PROCESSING')", "updated_at < :cutoff"]
+        params: dict[str, Any] = {"kind": o.kind,
+                                  "cutoff": utcnow() - timedelta(seconds=o.older_than)}
         if o.user_id is not None:
-            query = query.where(g.user_id == o.user_id)
+            where.append("user_id = :user_id")
+            params["user_id"] = o.user_id
+        sql = (f"SELECT {', '.join(StuckRow._fields)} FROM generations "  # noqa: S608
+               f"WHERE {' AND '.join(where)} ORDER BY created_at, id")
         if o.limit is not None:
-            query = query.limit(o.limit)
-        with self.database.session() as session:
-            for row in session.scalars(query):
-                session.expunge(row)
-                yield row
+            sql += " LIMIT :limit"
+            params["limit"] = o.limit
+        with self.database.read() as reader:
+            for values in reader.stream(sql, **params):
+                yield StuckRow.from_driver(values)
 
-    def item_for(self, row: Generation, now: datetime) -> Item:
+    def item_for(self, row: StuckRow | Generation, now: datetime) -> Item:
         created, updated = as_utc(row.created_at), as_utc(row.updated_at)
         assert created is not None and updated is not None
         item = Item(row.id, row.user_id, row.kind, row.status,
@@ -242,17 +265,22 @@ class Recovery:
             raise FalError(f"{verdict.message} (no row was touched)", hint=verdict.hint)
 
     def plan(self, candidates: list[tuple[Item, datetime | None]]) -> RecoveryReport:
-        """Ask fal (read-only, with bounded concurrency) what became of each candidate."""
-
-        def decide(entry: tuple[Item, datetime | None]) -> Item:
-            item, submit_mark = entry
-            if item.error != "held by another run":
-                self.decide(item, submit_mark)
-            return item
-
+        """Ask fal (read-only, with bounded concurrency) what became of each candidate. Rows
+        never submitted are decided here: nothing to ask, and a pool's task for each of
+        thousands of them cost more than the decision."""
+        ask: list[tuple[Item, datetime | None]] = []
+        for item, submit_mark in candidates:
+            if item.error == "held by another run":
+                continue
+            if item.fal_request_id is None and submit_mark is None:
+                self.decide(item, submit_mark)  # asks nobody
+            else:
+                ask.append((item, submit_mark))
         with ThreadPoolExecutor(max_workers=max(1, self.options.concurrency)) as pool:
-            items = list(pool.map(decide, candidates))
-        return RecoveryReport(not self.options.apply, int(self.options.older_than), items)
+            for _ in pool.map(lambda entry: self.decide(*entry), ask):
+                pass
+        return RecoveryReport(not self.options.apply, int(self.options.older_than),
+                              [item for item, _ in candidates])
 
     def _fal(self) -> FalAdapter:
         assert self.service.fal is not None
@@ -452,7 +480,9 @@ class Recovery:
     # --- the row: claim, conditional changes, backup ---
 
     def claim(self, item: Item) -> bool:
-        g = Generation
+        from sqlalchemy import or_, select, update
+
+        from imagen4ctl.db.models import Generation as g  # noqa: N813
         now = utcnow()
         stale = now - CLAIM_STALE_AFTER
         with self.database.session() as session:
@@ -480,7 +510,9 @@ class Recovery:
             return bool(getattr(result, "rowcount", 0))
 
     def release(self, item: Item) -> None:
-        g = Generation
+        from sqlalchemy import update
+
+        from imagen4ctl.db.models import Generation as g  # noqa: N813
         with self.database.session() as session:
             session.execute(update(g).where(g.id == item.id, g.claimed_by == self.token)
                             .values(claimed_by=None, claimed_at=None))
@@ -488,7 +520,9 @@ class Recovery:
 
     def set_state(self, item: Item, **values: Any) -> bool:
         """A state change, only if the row is still as read and still ours."""
-        g = Generation
+        from sqlalchemy import and_, update
+
+        from imagen4ctl.db.models import Generation as g  # noqa: N813
         values.setdefault("updated_at", utcnow())
         with self.database.session() as session:
             result = session.execute(
@@ -502,9 +536,12 @@ class Recovery:
         return changed
 
     def _backup_and_delete(self, item: Item) -> None:
+        from sqlalchemy import delete
+
+        from imagen4ctl.db.models import Generation as g  # noqa: N813
+
         backup = self.options.backup
         assert backup is not None
-        g = Generation
         with self.database.session() as session:
             row = session.get(g, item.id)
             if row is None or row.claimed_by != self.token or row.status != item.status:
@@ -530,13 +567,16 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-_COLUMNS = [c.name for c in Generation.__table__.columns]
+def _columns() -> list[str]:
+    from imagen4ctl.db.tables import generations
+
+    return [c.name for c in generations.columns]
 
 
 def row_to_json(row: Generation) -> dict[str, Any]:
     """Every column, datetimes as ISO 8601: what `--restore` needs to put the row back."""
     data: dict[str, Any] = {}
-    for name in _COLUMNS:
+    for name in _columns():
         value = getattr(row, name)
         data[name] = value.isoformat() if isinstance(value, datetime) else value
     data["claimed_by"] = data["claimed_at"] = None  # a restored row belongs to no run
@@ -550,6 +590,7 @@ def restore(database: Any, path: Path) -> tuple[int, list[int]]:
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot read backup file {path}: {e}") from e
     rows: list[dict[str, Any]] = []
+    columns = set(_columns())
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -559,14 +600,17 @@ def restore(database: Any, path: Path) -> tuple[int, list[int]]:
             raise UsageError(f"{path}, line {number}: not a JSON object") from e
         if not isinstance(data, dict) or not isinstance(data.get("id"), int):
             raise UsageError(f"{path}, line {number}: not a backed-up generation row")
-        row = {k: v for k, v in data.items() if k in _COLUMNS}
+        row = {k: v for k, v in data.items() if k in columns}
         for name in ("created_at", "updated_at", "submit_started_at", "submitted_at",
                      "completed_at", "claimed_at"):
             if isinstance(row.get(name), str):
                 row[name] = datetime.fromisoformat(row[name])
         rows.append(row)
+    from sqlalchemy import insert, select
+
+    from imagen4ctl.db.models import Generation as g  # noqa: N813
+
     restored, skipped = 0, []
-    g = Generation
     with database.session() as session:
         existing = set(session.scalars(select(g.id).where(g.id.in_([r["id"] for r in rows]))))
         for row in rows:

@@ -92,3 +92,15 @@ def test_a_stopped_server_is_one_line(tmp_path: Path) -> None:
         pass
     assert caught.value.message.startswith(f"cannot connect to PostgreSQL at 127.0.0.1:{port}/x")
     assert "\n" not in caught.value.message and "canary" not in caught.value.message
+
+
+def test_stream_yields_every_row_in_order_a_chunk_at_a_time(migrated_db: str) -> None:
+    insert_rows(migrated_db, [bot_row(str(n), "imagen4", "PENDING", age=timedelta(minutes=n))
+                              for n in range(7)])
+    with Database(migrated_db).read() as reader:
+        rows = reader.stream("SELECT user_id FROM generations WHERE kind = :kind ORDER BY id",
+                             size=3, kind="imagen4")
+        assert next(rows) == ("0",)
+        if reader.backend == "postgresql":  # a server-side cursor holds the rest
+            assert reader.value("SELECT count(*) FROM pg_cursors") == 1
+        assert [row[0] for row in rows] == ["1", "2", "3", "4", "5", "6"]
