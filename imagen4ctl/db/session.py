@@ -126,8 +126,10 @@ class Database:
     def dispose(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
-        if self._writers is not None:
-            self._writers.close()
+        with self._writers_lock:
+            writers, self._writers = self._writers, None
+        if writers is not None:
+            writers.close()  # a later write() opens a new pool, as the engine does
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

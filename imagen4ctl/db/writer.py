@@ -57,6 +57,7 @@ class WriterPool:
         self.db = db
         self._idle: list[Any] = []
         self._lock = threading.Lock()
+        self._closed = False
         # SQLite lets one writer in at a time; a writer that finds it taken sleeps in growing
         # steps (up to 100 ms) before trying again. This process's own writers queue here
         # instead and go in the moment the previous one commits; other processes still
@@ -104,8 +105,9 @@ class WriterPool:
         self._give(connection)
 
     def close(self) -> None:
+        """Close the idle connections now, and each busy one when its transaction ends."""
         with self._lock:
-            idle, self._idle = self._idle, []
+            idle, self._idle, self._closed = self._idle, [], True
         for connection in idle:
             connection.close()
 
@@ -120,7 +122,10 @@ class WriterPool:
 
     def _give(self, connection: Any) -> None:
         with self._lock:
-            self._idle.append(connection)
+            if not self._closed:
+                self._idle.append(connection)
+                return
+        connection.close()
 
     def _alive(self, connection: Any) -> bool:
         """A pooled PostgreSQL connection still works (the server may have restarted)."""

@@ -145,3 +145,21 @@ def test_this_processs_sqlite_writers_take_turns_instead_of_meeting_the_busy_tim
     with db.read() as reader:
         assert reader.value("SELECT count(*) FROM generations WHERE error = 'attempt 9'") == 16
     db.dispose()
+
+
+def test_dispose_closes_the_pooled_connections_and_later_writes_still_work(
+        migrated_db: str) -> None:
+    db = Database(migrated_db)
+    with db.write() as writer:
+        connection = writer.connection
+        assert writer.value("SELECT count(*) FROM generations") == 0
+    db.dispose()
+    if migrated_db.startswith("sqlite"):
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            connection.execute("SELECT 1")
+    else:
+        assert connection.closed
+    with db.write() as writer:
+        assert writer.connection is not connection
+        assert writer.value("SELECT count(*) FROM generations") == 0
+    db.dispose()
