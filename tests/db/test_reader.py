@@ -83,12 +83,14 @@ def test_postgresql_reads_one_snapshot_read_only(migrated_db: str) -> None:
         assert reader.value("SELECT count(*) FROM generations") == 0
 
 
-def test_a_stopped_server_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", ["read", "write"])
+def test_a_stopped_server_is_one_line(path: str) -> None:
+    """The reports' reader and the generation service's writer alike."""
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(DatabaseError) as caught, \
-            Database(f"postgresql://u:pw-canary-Zq8Xv2Lp9Wm4@127.0.0.1:{port}/x").read():
+    db = Database(f"postgresql://u:pw-canary-Zq8Xv2Lp9Wm4@127.0.0.1:{port}/x")
+    with pytest.raises(DatabaseError) as caught, getattr(db, path)():
         pass
     assert caught.value.message.startswith(f"cannot connect to PostgreSQL at 127.0.0.1:{port}/x")
     assert "\n" not in caught.value.message and "canary" not in caught.value.message
