@@ -81,22 +81,33 @@ class Reader:
         return rows[0][0] if rows else None
 
 
-@contextmanager
-def open_reader(db: Database) -> Iterator[Reader]:
-    """A Reader on `db`; database errors come out as imagen4ctl errors, as from `session()`."""
-    driver_error: type[BaseException]
+def driver_error(db: Database) -> type[BaseException]:
+    """The base class of the errors `db`'s driver raises."""
     if db.is_sqlite:
         import sqlite3
 
-        driver_error, opener = sqlite3.Error, _sqlite
-    else:
-        import psycopg2
+        return sqlite3.Error
+    import psycopg2
 
-        driver_error, opener = psycopg2.Error, _postgresql
+    return psycopg2.Error
+
+
+def connect_postgresql(db: Database) -> Any:
+    """A psycopg2 connection to `db`, bounded by its connect timeout."""
+    import psycopg2
+
+    params: dict[str, Any] = {**db.location.libpq_params(),
+                              "connect_timeout": max(1, round(db.connect_timeout))}
+    return psycopg2.connect(**params)
+
+
+@contextmanager
+def open_reader(db: Database) -> Iterator[Reader]:
+    """A Reader on `db`; database errors come out as imagen4ctl errors, as from `session()`."""
     try:
-        with opener(db) as reader:
+        with (_sqlite if db.is_sqlite else _postgresql)(db) as reader:
             yield reader
-    except driver_error as e:
+    except driver_error(db) as e:
         raise database_error(db, e) from e
 
 
@@ -120,11 +131,7 @@ def _sqlite(db: Database) -> Iterator[Reader]:
 
 @contextmanager
 def _postgresql(db: Database) -> Iterator[Reader]:
-    import psycopg2
-
-    params: dict[str, Any] = {**db.location.libpq_params(),
-                              "connect_timeout": max(1, round(db.connect_timeout))}
-    connection = psycopg2.connect(**params)
+    connection = connect_postgresql(db)
     try:
         connection.set_session(isolation_level="REPEATABLE READ", readonly=True)
         yield Reader(connection, "postgresql")

@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # the ORM is imported only by the paths that use it
 DB_HINT = "Check DATABASE_URL, and that the database server is running."
 SCHEMA_HINT = "Run `imagen4ctl db upgrade`."
 DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg2"}
+SQLITE_BUSY_TIMEOUT_MS = 5000  # how long a SQLite writer waits for another, then says so
 
 
 def parse_database_url(url: str) -> URL:
@@ -136,7 +137,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # Wait for another writer instead of failing at once. (No WAL: that would change the
     # journal mode of the bot's database file for good.)
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.close()
 
 

@@ -16,13 +16,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
-from imagen4ctl.db.reader import Reader, bind
-from imagen4ctl.db.session import database_error
+from imagen4ctl.db.reader import Reader, bind, connect_postgresql, driver_error
+from imagen4ctl.db.session import SQLITE_BUSY_TIMEOUT_MS, database_error
 
 if TYPE_CHECKING:
     from imagen4ctl.db.session import Database
 
-BUSY_TIMEOUT_MS = 5000  # as the SQLAlchemy path: wait for another writer, then say so
+BUSY_TIMEOUT_MS = SQLITE_BUSY_TIMEOUT_MS  # as the SQLAlchemy path (a name here, for tests)
 
 
 class Writer(Reader):
@@ -63,14 +63,7 @@ class WriterPool:
         # instead and go in the moment the previous one commits; other processes still
         # meet the busy timeout.
         self._turn: threading.Lock | None = threading.Lock() if db.is_sqlite else None
-        if db.is_sqlite:
-            import sqlite3
-
-            self._error: type[BaseException] = sqlite3.Error
-        else:
-            import psycopg2
-
-            self._error = psycopg2.Error
+        self._error = driver_error(db)
 
     @contextmanager
     def transaction(self, *, exclusive: bool = False) -> Iterator[Writer]:
@@ -149,8 +142,4 @@ class WriterPool:
                                          check_same_thread=False)
             connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             return connection
-        import psycopg2
-
-        params: dict[str, Any] = {**db.location.libpq_params(),
-                                  "connect_timeout": max(1, round(db.connect_timeout))}
-        return psycopg2.connect(**params)
+        return connect_postgresql(db)
