@@ -15,6 +15,11 @@ REQUIRED_COLUMNS = (
 )
 
 
+def sql_list(values: tuple[str, ...]) -> str:
+    """`('A', 'B')` for `column IN` a list of this module's constants (never user input)."""
+    return "(" + ", ".join(f"'{v}'" for v in values) + ")"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -37,8 +37,10 @@ from imagen4ctl.db.values import (
     COMPLETED,
     FAILED,
     IMAGEN4,
+    IN_FLIGHT,
     PENDING,
     PROCESSING,
+    sql_list,
     utcnow,
 )
 from imagen4ctl.db.writer import Writer, in_list
@@ -71,6 +73,8 @@ FIX_PENDING_HINT = "`imagen4ctl fix-pending` will collect it."
 # --concurrency: glibc keeps such buffers in the arena of the thread that freed them, so
 # uploads spread over 16 threads kept ~16 images resident even with fewer in flight.
 MAX_UPLOADS = 8
+# A (user, prompt, ratio) with such a row is not generated again by seeding: done or on its way.
+_TAKEN = f"status IN {sql_list((COMPLETED, *IN_FLIGHT))}"
 # The columns a state change may set (they are named in the SQL, never taken from input).
 _UPDATABLE = frozenset({
     "status", "fal_request_id", "result_urls", "error", "updated_at", "submit_started_at",
@@ -708,8 +712,7 @@ class GenerationService:
                     db.execute("SELECT pg_advisory_xact_lock(:key)", key=_lock_key(user))
             existing = set(db.rows(
                 "SELECT user_id, kind, prompt, aspect_ratio FROM generations "
-                f"WHERE user_id IN {in_users} AND status IN "  # noqa: S608
-                "('COMPLETED', 'PENDING', 'PROCESSING')", **user_params))
+                f"WHERE user_id IN {in_users} AND {_TAKEN}", **user_params))  # noqa: S608
             for spec in specs:
                 identity = (spec.user_id, spec.kind, spec.prompt, spec.aspect_ratio)
                 if identity in existing:
@@ -723,8 +726,7 @@ class GenerationService:
         with self.database.read() as db:
             return {(prompt, ratio) for prompt, ratio in db.rows(
                 "SELECT DISTINCT prompt, aspect_ratio FROM generations WHERE user_id = :user "
-                "AND kind = :kind AND status IN ('COMPLETED', 'PENDING', 'PROCESSING')",
-                user=user_id, kind=kind)}
+                f"AND kind = :kind AND {_TAKEN}", user=user_id, kind=kind)}  # noqa: S608
 
 
 def _lock_key(user_id: str) -> int:

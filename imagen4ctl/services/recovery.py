@@ -33,7 +33,15 @@ from imagen4ctl.adapters.fal import (
     parse_result,
     platform_requests,
 )
-from imagen4ctl.db.values import COMPLETED, FAILED, PENDING, as_utc, utcnow
+from imagen4ctl.db.values import (
+    COMPLETED,
+    FAILED,
+    IN_FLIGHT,
+    PENDING,
+    as_utc,
+    sql_list,
+    utcnow,
+)
 from imagen4ctl.errors import (
     FalError,
     FalRequestRejected,
@@ -209,7 +217,7 @@ class Recovery:
         """Stream the candidates (never all rows in memory): oldest first. Read through the
         driver: SQLAlchemy's import and its objects cost more than the 10,000 rows."""
         o = self.options
-        where = ["kind = :kind", "status IN ('PENDING', 'PROCESSING')", "updated_at < :cutoff"]
+        where = ["kind = :kind", f"status IN {sql_list(IN_FLIGHT)}", "updated_at < :cutoff"]
         params: dict[str, Any] = {"kind": o.kind,
                                   "cutoff": utcnow() - timedelta(seconds=o.older_than)}
         if o.user_id is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from imagen4ctl.db.values import COMPLETED, IN_FLIGHT, as_utc, utcnow
+from imagen4ctl.db.values import COMPLETED, IN_FLIGHT, as_utc, sql_list, utcnow
 from imagen4ctl.durations import format_duration
 from imagen4ctl.errors import StorageError
 
@@ -184,8 +184,7 @@ class Statements:
 
     @property
     def _stuck(self) -> str:
-        statuses = ", ".join(f"'{s}'" for s in IN_FLIGHT)
-        return self._where(f" status IN ({statuses})", " updated_at < :cutoff")
+        return self._where(f" status IN {sql_list(IN_FLIGHT)}", " updated_at < :cutoff")
 
     @property
     def counts(self) -> str:
