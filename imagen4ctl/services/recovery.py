@@ -233,10 +233,10 @@ class Recovery:
                 yield StuckRow.from_driver(values)
 
     def item_for(self, row: StuckRow | Generation, now: datetime) -> Item:
-        created, updated = as_utc(row.created_at), as_utc(row.updated_at)
-        assert created is not None and updated is not None
+        """Both kinds of row carry aware UTC times already (`from_driver`, `UTCDateTime`)."""
         item = Item(row.id, row.user_id, row.kind, row.status,
-                    int((now - created).total_seconds()), int((now - updated).total_seconds()),
+                    int((now - row.created_at).total_seconds()),
+                    int((now - row.updated_at).total_seconds()),
                     row.fal_request_id, read_request_id=row.fal_request_id,
                     read_submit_mark=row.submit_started_at is not None,
                     endpoint=row.fal_endpoint or self.default_model)
@@ -250,7 +250,7 @@ class Recovery:
         except (Imagen4ctlError, TypeError, ValueError):
             item.spec = None  # cannot be resubmitted as it is; recovery still works
         held = row.claimed_by and row.claimed_at and not _claim_is_dead(row.claimed_by) and (
-            now - (as_utc(row.claimed_at) or now) < CLAIM_STALE_AFTER)
+            now - row.claimed_at < CLAIM_STALE_AFTER)
         if held and row.claimed_by != self.token:
             item.action, item.error = "skip", "held by another run"
         return item
