@@ -27,8 +27,11 @@ print("LOADED=" + ",".join(m for m in {heavy!r} if sys.modules.get(m) is not Non
       file=sys.stderr)
 print(f"EXIT={{code}}", file=sys.stderr)
 """
-# trio: httpcore imports it whenever it is installed; the CLI refuses it (no trio loop here).
-HEAVY = ("fal_client", "minio", "sqlalchemy", "httpx", "urllib3", "PIL", "alembic", "trio")
+# trio: httpcore imports it whenever it is installed; httpx._main: httpx imports its own CLI
+# whenever Click is installed. The CLI refuses both. pydantic: Typer 0.29 imports it for every
+# command run (pyproject.toml keeps Typer below that).
+HEAVY = ("fal_client", "minio", "sqlalchemy", "httpx", "urllib3", "PIL", "alembic", "trio",
+         "httpx._main", "pydantic")
 
 
 def loaded(*args: str, **env: str) -> set[str]:
