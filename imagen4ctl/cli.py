@@ -130,10 +130,15 @@ app.add_typer(db_app, name="db")
 
 
 def main() -> None:
-    # httpcore (under fal_client and httpx) imports trio whenever it is installed, for trio
-    # event loops: ~0.1 s before a batch's first submission. imagen4ctl runs no event loop of
-    # trio's, so its import is refused in this process (httpcore then leaves trio out).
+    # Two optional imports of libraries below imagen4ctl are refused in this process; each
+    # library then leaves the feature out. httpcore (under fal_client and httpx) imports trio
+    # whenever it is installed, for trio event loops: ~0.1 s before a batch's first
+    # submission, and imagen4ctl runs no event loop of trio's.
     sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
+    # httpx imports its own command-line client (Click, Pygments, Rich's syntax and progress)
+    # whenever Click is installed, which any other package may bring: ~45 ms. It falls back
+    # to a stub when that import fails; imagen4ctl never runs it.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     try:
         app(prog_name="imagen4ctl")
     finally:
