@@ -561,11 +561,22 @@ class GenerationService:
         `PollSchedule`); `submitted` is when the submission was answered (monotonic clock).
         """
         assert outcome.id is not None and self.fal is not None
-        last: FalStatus | None = None
+        # fal answers a submission IN_QUEUE: the first status call waits one interval (or
+        # until the window of an expected completion).
+        last: FalStatus | None = FalStatus("IN_QUEUE")
+        notify(Progress(outcome.id, "queued"))
         unfinished_at: float | None = None  # when the last unfinished status was asked for
-        interval = min(self.poll_interval, 0.1)
+        asked_at = 0.0
+        interval = self.poll_interval
         seen_logs = 0
         while True:
+            # Calls go out `delay` after the previous one went out, not after its answer
+            # came: answers slow under load would otherwise stretch every interval.
+            delay = max(0.0, self._polls.delay(endpoint, asked_at, interval)
+                        - (time.monotonic() - submitted - asked_at))
+            if deadline.remaining() <= delay:
+                break
+            self._polls.sleep(endpoint, submitted, interval, delay, asked_at)
             asked_at = time.monotonic() - submitted
             try:
                 status = self.fal.status(endpoint, request_id, deadline)
@@ -595,11 +606,6 @@ class GenerationService:
                 new_logs = status.logs[seen_logs:]
                 seen_logs = len(status.logs)
                 notify(Progress(outcome.id, "running", new_logs[-1] if new_logs else ""))
-            delay = self._polls.delay(endpoint, time.monotonic() - submitted, interval)
-            if deadline.remaining() <= delay:
-                break
-            self._polls.sleep(endpoint, submitted, interval, delay, asked_at)
-            interval = min(interval * 1.5, self.poll_interval)
         self._give_up(outcome, endpoint, request_id, last, deadline)
         return None
 

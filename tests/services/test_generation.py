@@ -4,9 +4,11 @@ real fal_client, real databases and a local images folder."""
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from imagen4ctl.adapters.fal import Deadline, FalAdapter
+from imagen4ctl.adapters.fal import Deadline, FalAdapter, FalStatus
 from imagen4ctl.adapters.storage import LocalStorage
 from imagen4ctl.db.models import Generation
 from imagen4ctl.db.session import Database, parse_database_url
@@ -33,15 +35,20 @@ KEY = "emulator-key-0001"
 MODEL = "fal-ai/imagen4/preview"
 
 
+def make_service(db_url: str, fal: FalAdapter, fal_emulator: FalEmulator, tmp_path: Path
+                 ) -> GenerationService:
+    return GenerationService(
+        Database(db_url), LocalStorage(tmp_path / "images"), fal, model=MODEL,
+        prefix="generations/", max_image_bytes=10 * 1024 * 1024,
+        trusted_hosts=frozenset({fal_emulator.host}))
+
+
 @pytest.fixture
 def service(migrated_db: str, fal_emulator: FalEmulator, tmp_path: Path
             ) -> Iterator[GenerationService]:
-    database = Database(migrated_db)
-    yield GenerationService(
-        database, LocalStorage(tmp_path / "images"), FalAdapter(KEY), model=MODEL,
-        prefix="generations/", max_image_bytes=10 * 1024 * 1024,
-        trusted_hosts=frozenset({fal_emulator.host}))
-    database.dispose()
+    service = make_service(migrated_db, FalAdapter(KEY), fal_emulator, tmp_path)
+    yield service
+    service.database.dispose()
 
 
 def specs(*prompts: str) -> list[GenerationSpec]:
@@ -169,6 +176,46 @@ def test_run_without_a_place_still_generates(service: GenerationService) -> None
 
 
 # --- the polling schedule ---
+
+
+@dataclass
+class SlowStatusFal(FalAdapter):
+    """fal's real queue, with each status answer `delay` seconds late; notes when each status
+    call went out and when the submission was answered."""
+
+    delay: float = 0.0
+    submitted: float = 0.0
+    asked: list[float] = field(default_factory=list)
+
+    def submit(self, endpoint: str, arguments: dict[str, Any], deadline: Deadline) -> str:
+        request_id = super().submit(endpoint, arguments, deadline)
+        self.submitted = time.monotonic()
+        return request_id
+
+    def status(self, endpoint: str, request_id: str, deadline: Deadline) -> FalStatus:
+        self.asked.append(time.monotonic())
+        time.sleep(self.delay)
+        return super().status(endpoint, request_id, deadline)
+
+
+def test_slow_status_answers_do_not_stretch_the_interval(
+    migrated_db: str, fal_emulator: FalEmulator, tmp_path: Path
+) -> None:
+    """A call goes out one interval after the previous one went out, not after its answer
+    came; the first one interval after the submission, whose answer said IN_QUEUE."""
+    fal_emulator.latency = 0.9
+    fal = SlowStatusFal(KEY, delay=0.06)
+    service = make_service(migrated_db, fal, fal_emulator, tmp_path)
+    [spec] = specs("patient")
+    try:
+        assert service.generate(spec, Deadline(30.0)).status == "COMPLETED"
+    finally:
+        service.database.dispose()
+    gaps = [b - a for a, b in zip(fal.asked, fal.asked[1:], strict=False)]
+    assert len(gaps) >= 5
+    assert min(gaps) >= 0.09
+    assert statistics.median(gaps) < 0.1 + 0.03  # answered 0.06 s late: 0.16 s apart otherwise
+    assert fal.asked[0] - fal.submitted >= 0.09
 
 
 def test_without_a_completion_the_normal_interval_applies() -> None:
