@@ -214,7 +214,7 @@ class PollSchedule:
     Thread-safe: one schedule serves all generations of a run.
     """
 
-    def __init__(self, *, dense: float = 0.02, half_window: float = 0.06, keep: int = 16) -> None:
+    def __init__(self, *, dense: float = 0.01, half_window: float = 0.03, keep: int = 16) -> None:
         self.dense = dense
         self.half_window = half_window
         self._keep = keep
