@@ -186,13 +186,21 @@ class FalSlot:
     often it is called, so every path of `GenerationService.run` can call it.
     """
 
-    def __init__(self, places: threading.Semaphore) -> None:
+    def __init__(self, places: threading.Semaphore,
+                 submitted: threading.Event | None = None) -> None:
         places.acquire()
         self._places = places
         self._lock = threading.Lock()
         self._held = True
+        self._submitted = submitted
+
+    def submitted(self) -> None:
+        """fal has answered the submission (or it failed): sets the event given, if any."""
+        if self._submitted is not None:
+            self._submitted.set()
 
     def release(self) -> None:
+        self.submitted()
         with self._lock:
             held, self._held = self._held, False
         if held:
@@ -448,6 +456,8 @@ class GenerationService:
                 outcome.exception = _with_hint(GenerationFailed(e.message), e)
                 return outcome
             submitted = time.monotonic()
+            if slot is not None:
+                slot.submitted()
             crash_point("after_submit")
             self._record_submission(generation_id, request_id)
             outcome.status, outcome.fal_request_id = PROCESSING, request_id
@@ -693,10 +703,16 @@ class GenerationService:
             created = list(zip(self.create_many(specs), specs, strict=True))
 
         places = threading.BoundedSemaphore(max(1, concurrency))
+        # The first submission goes out alone: the fal client, its TLS context and its first
+        # connection are made once, not by a whole first wave contending for them.
+        first_answered = threading.Event()
 
         def one(pair: tuple[int, GenerationSpec]) -> Outcome:
             generation_id, spec = pair
-            slot = FalSlot(places)
+            first = pair is created[0]
+            if not first:
+                first_answered.wait()
+            slot = FalSlot(places, first_answered if first else None)
             outcome = self.run(generation_id, spec, Deadline(timeout), on_progress=on_progress,
                                slot=slot)
             if on_done is not None:

@@ -112,6 +112,41 @@ def test_the_next_submission_does_not_wait_for_the_previous_download(
     assert spans[second][0] < completed_at(migrated_db)[first]
 
 
+@dataclass
+class TimedSubmitFal(FalAdapter):
+    """fal's real queue; notes when each submission went out and was answered, the first one
+    answered `delay` seconds late."""
+
+    delay: float = 0.0
+    calls: list[tuple[float, float]] = field(default_factory=list)
+
+    def submit(self, endpoint: str, arguments: dict[str, Any], deadline: Deadline) -> str:
+        started = time.monotonic()
+        request_id = super().submit(endpoint, arguments, deadline)
+        if not self.calls:
+            time.sleep(self.delay)
+        self.calls.append((started, time.monotonic()))
+        return request_id
+
+
+def test_a_batch_first_submission_goes_out_alone(
+    migrated_db: str, fal_emulator: FalEmulator, tmp_path: Path
+) -> None:
+    """The fal client and its first connection are made once, not by a whole first wave."""
+    fal_emulator.latency = 0.1
+    fal = TimedSubmitFal(KEY, delay=0.3)
+    service = make_service(migrated_db, fal, fal_emulator, tmp_path)
+    try:
+        outcomes = service.run_batch(specs(*(f"alone {i}" for i in range(6))), concurrency=4,
+                                     timeout=30)
+    finally:
+        service.database.dispose()
+    assert [o.status for o in outcomes] == ["COMPLETED"] * 6
+    (_, first_answered), *others = fal.calls
+    assert len(others) == 5
+    assert all(started >= first_answered for started, _ in others)
+
+
 def test_a_deadline_starts_when_the_generation_gets_its_place(
     service: GenerationService, fal_emulator: FalEmulator
 ) -> None:
