@@ -208,18 +208,23 @@ class FalSlot:
 
 
 class PollSchedule:
-    """When to ask fal for a status again: every `interval` (fal_client's own 0.1 s), but every
-    `dense` seconds in a short window around when this run's finished requests to the same
-    endpoint completed, counted from their submission.
+    """When to ask fal for a status again: every `interval` (fal_client's own 0.1 s), but at
+    the moment this run's finished requests to the same endpoint say a request is done.
 
-    A request completed between its last unfinished status call and its COMPLETED one; the
-    midpoint is recorded, and the median of the last `keep` per endpoint is the expected time.
-    The window is `expected ± half_window`, so a generation pays at most
-    2·half_window/dense extra polls however much fal's latency varies (Imagen 4's varies by
-    seconds: then the window is a few wasted polls, never dense polling for long). Until a
-    request of the endpoint has completed only `interval` applies; the first completion wakes
-    the requests sleeping meanwhile (the rest of a batch's first wave) to re-plan.
-    Thread-safe: one schedule serves all generations of a run.
+    Each finished request was seen unfinished at one time and COMPLETED by another (seconds
+    after its submission); the last `keep` of those intervals per endpoint are kept.
+
+    - When they overlap (one latency explains them all, as with a model of steady speed), a
+      request is done by the earliest COMPLETED time among them, `hi`: it is asked once then,
+      then every `dense` seconds for `half_window`, then every `interval` again.
+    - When they do not (Imagen 4's latency varies by seconds), polls are dense only in a
+      window of ± `half_window` around the median of their midpoints.
+
+    Either way a generation pays at most a few extra calls however late it completes. A
+    completion recorded while requests sleep re-plans them: one whose last call went out
+    before `hi`, and that is past it, asks at once (a batch's first wave is submitted
+    together and finishes together). Thread-safe: one schedule serves all generations of a
+    run.
     """
 
     def __init__(self, *, dense: float = 0.01, half_window: float = 0.03, keep: int = 16) -> None:
@@ -227,58 +232,70 @@ class PollSchedule:
         self.half_window = half_window
         self._keep = keep
         self._recorded = threading.Condition()
-        self._completions: dict[str, deque[float]] = {}
+        self._completions: dict[str, deque[tuple[float, float]]] = {}
 
     def record(self, endpoint: str, unfinished_at: float, completed_at: float) -> None:
         """A request seen unfinished at `unfinished_at` and COMPLETED by `completed_at`
         (seconds after its submission)."""
         with self._recorded:
             times = self._completions.setdefault(endpoint, deque(maxlen=self._keep))
-            times.append((unfinished_at + completed_at) / 2)
+            times.append((unfinished_at, completed_at))
             self._recorded.notify_all()
 
     def expected(self, endpoint: str) -> float | None:
+        """When a request is expected to complete, seconds after its submission."""
         with self._recorded:
-            return self._expected(endpoint)
+            window = self._window(endpoint)
+        return None if window is None else (window[0] + window[1]) / 2
 
-    def delay(self, endpoint: str, elapsed: float, interval: float) -> float:
-        """Seconds to wait before the next status call, `elapsed` seconds after submission."""
+    def delay(self, endpoint: str, elapsed: float, interval: float,
+              asked: float | None = None) -> float:
+        """Seconds to wait before the next status call, `elapsed` seconds after submission;
+        `asked`: when the last call went out."""
         with self._recorded:
-            return self._delay(endpoint, elapsed, interval)
+            return self._delay(endpoint, elapsed, interval, asked)
 
     def sleep(self, endpoint: str, submitted: float, interval: float, delay: float,
               asked: float | None = None) -> None:
-        """Sleep `delay` seconds, or less when a completion recorded meanwhile brings the
-        window closer; `submitted` is the request's submission time (monotonic clock).
-
-        With `asked`, when the last status call went out (seconds after submission): a
-        completion expected after that call, but already passed, ends the sleep at once. A
-        batch's first wave is submitted together and finishes together, and its requests
-        would otherwise each wait a whole interval after the first one has been seen done.
-        """
+        """Sleep `delay` seconds, or less when a completion recorded meanwhile says the request
+        is due sooner; `submitted` is the request's submission time (monotonic clock) and
+        `asked` when its last status call went out (seconds after submission)."""
         wake = time.monotonic() + delay
         with self._recorded:
             while (remaining := wake - time.monotonic()) > 0:
                 if self._recorded.wait(remaining):
                     now = time.monotonic()
-                    expected = self._expected(endpoint)
-                    if asked is not None and expected is not None and \
-                            asked < expected <= now - submitted:
-                        return
-                    wake = min(wake, now + self._delay(endpoint, now - submitted, interval))
+                    wake = min(wake, now + self._delay(endpoint, now - submitted, interval,
+                                                       asked))
 
-    def _expected(self, endpoint: str) -> float | None:
+    def _window(self, endpoint: str) -> tuple[float, float, bool] | None:
+        """(from, to, whether one latency explains every recorded completion)."""
         times = self._completions.get(endpoint)
-        return statistics.median(times) if times else None
+        if not times:
+            return None
+        lo, hi = max(t[0] for t in times), min(t[1] for t in times)
+        if lo < hi:
+            return lo, hi, True
+        middle = statistics.median((a + b) / 2 for a, b in times)
+        return middle - self.half_window, middle + self.half_window, False
 
-    def _delay(self, endpoint: str, elapsed: float, interval: float) -> float:
-        expected = self._expected(endpoint)
-        if expected is None or elapsed >= expected + self.half_window:
+    def _delay(self, endpoint: str, elapsed: float, interval: float,
+               asked: float | None = None) -> float:
+        window = self._window(endpoint)
+        if window is None:
             return interval
-        start = expected - self.half_window
-        if elapsed >= start:
+        lo, hi, steady = window
+        if steady:
+            if elapsed < hi:
+                return min(interval, hi - elapsed)  # asked once when it is due
+            if asked is not None and asked < hi:
+                return 0.0  # due since its last call: ask now
+            return min(self.dense, interval) if elapsed < hi + self.half_window else interval
+        if elapsed >= hi:
+            return interval
+        if elapsed >= lo:
             return min(self.dense, interval)
-        return min(interval, start - elapsed)  # wake up at the window's start
+        return min(interval, lo - elapsed)  # wake up at the window's start
 
 
 class GenerationService:

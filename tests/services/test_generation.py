@@ -259,16 +259,32 @@ def test_without_a_completion_the_normal_interval_applies() -> None:
     assert [schedule.delay("a/b", t, 0.1) for t in (0.0, 0.95, 5.0)] == [0.1, 0.1, 0.1]
 
 
-def test_polls_are_dense_only_in_a_window_around_the_expected_completion() -> None:
+def test_a_steady_latency_is_asked_for_once_when_it_is_due() -> None:
+    """Completions that one latency explains: the next request is asked when every one of
+    them had been seen done, then densely for a short while if it is not, then normally."""
     schedule = PollSchedule(dense=0.02, half_window=0.06)
-    schedule.record("a/b", 0.9, 1.1)  # completed between 0.9 and 1.1 s: expected at 1.0
+    schedule.record("a/b", 0.90, 1.10)  # seen running at 0.90 s, done by 1.10 s
+    schedule.record("a/b", 0.98, 1.02)  # a closer look: done between 0.98 and 1.02 s
+    assert schedule.expected("a/b") == pytest.approx(1.0)
+    assert schedule.delay("a/b", 0.5, 0.1) == 0.1
+    assert schedule.delay("a/b", 0.95, 0.1) == pytest.approx(0.07)  # the call goes at 1.02
+    assert schedule.delay("a/b", 1.02, 0.1) == 0.02  # not done yet: dense for 0.06 s
+    assert schedule.delay("a/b", 1.07, 0.1) == 0.02
+    assert schedule.delay("a/b", 1.09, 0.1) == 0.1
+    assert schedule.delay("a/b", 1.05, 0.1, asked=0.95) == 0.0  # due since its last call
+    assert schedule.delay("other/endpoint", 0.95, 0.1) == 0.1
+
+
+def test_a_varying_latency_gets_dense_polls_around_the_median_completion() -> None:
+    schedule = PollSchedule(dense=0.02, half_window=0.06)
+    for unfinished, done in ((0.9, 1.1), (2.9, 3.1), (0.7, 0.9)):  # no one latency fits all
+        schedule.record("a/b", unfinished, done)
     assert schedule.expected("a/b") == pytest.approx(1.0)
     assert schedule.delay("a/b", 0.5, 0.1) == 0.1
     assert schedule.delay("a/b", 0.9, 0.1) == pytest.approx(0.04)  # wakes at the window
     assert schedule.delay("a/b", 0.95, 0.1) == 0.02
     assert schedule.delay("a/b", 1.05, 0.1) == 0.02
     assert schedule.delay("a/b", 1.07, 0.1) == 0.1
-    assert schedule.delay("other/endpoint", 0.95, 0.1) == 0.1
 
 
 def test_the_estimate_follows_recent_completions() -> None:
