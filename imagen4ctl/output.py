@@ -85,8 +85,6 @@ def live_status(initial: str) -> Iterator[Callable[[str], None]]:
 @contextmanager
 def progress_bar(total: int, description: str) -> Iterator[Callable[[str], None]]:
     """One bar for a batch; advance it by calling the yielded function with a note."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     if not err_console.is_terminal:
         done = [0]
         every = 1 if total <= 20 else -(-total // 10)  # at most about ten lines for a big batch
@@ -98,6 +96,8 @@ def progress_bar(total: int, description: str) -> Iterator[Callable[[str], None]
 
         yield plain
         return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err_console, transient=False) as progress:
         task = progress.add_task(escape(description), total=total)

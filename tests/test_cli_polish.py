@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+
+import pytest
+from rich.console import Console
+
+from imagen4ctl import output
 
 
 def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -36,3 +42,22 @@ def test_python_dash_m_and_version() -> None:
 
     result = run("--version")
     assert (result.returncode, result.stdout.strip()) == (0, f"imagen4ctl {__version__}")
+
+
+def test_a_batch_has_a_bar_on_a_terminal_and_a_few_lines_in_a_pipe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+
+    for terminal in (True, False):
+        stream = io.StringIO()
+        monkeypatch.setattr(output, "err_console",
+                            Console(file=stream, force_terminal=terminal, width=80))
+        with output.progress_bar(3, "batch of 3") as advance:
+            for n in range(3):
+                advance(f"generation {n} COMPLETED")
+        text = stream.getvalue()
+        if terminal:
+            assert "batch of 3" in text and "3/3" in text and "[3/3]" not in text
+        else:
+            assert text.splitlines() == [f"[{n}/3] generation {n - 1} COMPLETED"
+                                         for n in (1, 2, 3)]
