@@ -222,9 +222,9 @@ class PollSchedule:
 
     Either way a generation pays at most a few extra calls however late it completes. A
     completion recorded while requests sleep re-plans them: one whose last call went out
-    before `hi`, and that is past it, asks at once (a batch's first wave is submitted
-    together and finishes together). Thread-safe: one schedule serves all generations of a
-    run.
+    before the time a request is due (`hi`, or the median), and that is past it, asks at
+    once (a batch's first wave is submitted together and finishes together). Thread-safe:
+    one schedule serves all generations of a run.
     """
 
     def __init__(self, *, dense: float = 0.01, half_window: float = 0.03, keep: int = 16) -> None:
@@ -285,11 +285,12 @@ class PollSchedule:
         if window is None:
             return interval
         lo, hi, steady = window
+        due = hi if steady else (lo + hi) / 2
+        if asked is not None and asked < due <= elapsed:
+            return 0.0  # due since its last call: ask now
         if steady:
             if elapsed < hi:
                 return min(interval, hi - elapsed)  # asked once when it is due
-            if asked is not None and asked < hi:
-                return 0.0  # due since its last call: ask now
             return min(self.dense, interval) if elapsed < hi + self.half_window else interval
         if elapsed >= hi:
             return interval

@@ -285,6 +285,8 @@ def test_a_varying_latency_gets_dense_polls_around_the_median_completion() -> No
     assert schedule.delay("a/b", 0.95, 0.1) == 0.02
     assert schedule.delay("a/b", 1.05, 0.1) == 0.02
     assert schedule.delay("a/b", 1.07, 0.1) == 0.1
+    assert schedule.delay("a/b", 1.05, 0.1, asked=0.95) == 0.0  # due since its last call
+    assert schedule.delay("a/b", 1.05, 0.1, asked=1.01) == 0.02
 
 
 def test_the_estimate_follows_recent_completions() -> None:
