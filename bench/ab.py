@@ -1,7 +1,7 @@
 """A/B: `generate --from-file` for this checkout and another revision, interleaved in one run.
 
     python bench/ab.py REV [--pip 'typer==0.29.2' …] [--latency 0.5] [--concurrency 16]
-                           [--prompts 100] [--rounds 10]
+                           [--prompts 100] [--rounds 10] [--vary FRACTION]
 
 REV is checked out into a temporary git worktree. With `--pip`, those requirements are
 installed (without their dependencies) into a temporary folder that comes first on REV's
@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from _perf import KEY, ROOT, BenchError, Samples, bench_env, fal_emulator, header, machine
-from batch import completed
+from batch import completed, latency_fault
 
 # Imports imagen4ctl from the trees in argv[1] (os.pathsep-separated), not through the
 # editable install's finder, then runs the CLI with the remaining arguments.
@@ -73,6 +73,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--prompts", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--vary", type=float, default=0.0, metavar="FRACTION",
+                        help="each request's latency drawn from L x (1 ± FRACTION), the same "
+                        "draws for both sides")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="imagen4ctl-ab-") as tmp:
@@ -100,7 +103,8 @@ def measure(sides: dict[str, list[str]], args: argparse.Namespace, folder: Path
         work.mkdir()
         (folder / "images").mkdir()
         prompts = folder / "prompts.txt"
-        prompts.write_text("".join(f"bench prompt {i}: a lighthouse at dusk, take {i}\n"
+        prompts.write_text("".join(f"bench prompt {i}: a lighthouse at dusk, take {i}"
+                                   f"{latency_fault(args.latency, args.vary, i)}\n"
                                    for i in range(args.prompts)))
         template = folder / "template.db"
         env = bench_env(**emulator.env(), FAL_KEY=KEY, HOME=str(work),
@@ -143,8 +147,9 @@ def timed(cmd: list[str], env: dict[str, str], cwd: Path, prompts: int) -> float
 def report(samples: dict[str, dict[str, Samples]], sides: list[str],
            args: argparse.Namespace) -> None:
     print(f"\nA/B generate --from-file — {machine()}")
+    spread = f" x (1 ± {args.vary:g})" if args.vary else ""
     print(f"{args.prompts} prompts, N = {args.concurrency}, emulator latency L = "
-          f"{args.latency:g} s, {args.rounds} interleaved rounds, SQLite, local images"
+          f"{args.latency:g} s{spread}, {args.rounds} interleaved rounds, SQLite, local images"
           + (f"; {sides[1]} with {' '.join(args.pip)}" if args.pip else "") + "\n")
     print(header("s"))
     for side in sides:

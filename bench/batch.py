@@ -77,6 +77,14 @@ print(stored)
 '''
 
 
+def latency_fault(latency: float, vary: float, index: int) -> str:
+    """The emulator's per-prompt latency directive for prompt `index`, or nothing."""
+    if not vary:
+        return ""
+    draw = random.Random(f"bench-latency:{index}").uniform(1 - vary, 1 + vary)
+    return f" [fault:latency={latency * draw:.3f}]"
+
+
 def cli(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "imagen4ctl"), *args]
 
@@ -98,6 +106,9 @@ def main() -> int:
     parser.add_argument("--long-rounds", type=int, default=1,
                         help="repeats of N = 1 and of the baseline")
     parser.add_argument("--storage", choices=("local", "s3"), default="local")
+    parser.add_argument("--vary", type=float, default=0.0, metavar="FRACTION",
+                        help="each request's latency drawn from L x (1 ± FRACTION), the same "
+                        "draws every run (the wall targets then assume L for all)")
     parser.add_argument("--emulator-nagle", action="store_true",
                         help="leave Nagle's algorithm on in the emulator (+~40 ms a response)")
     args = parser.parse_args()
@@ -110,7 +121,8 @@ def main() -> int:
         work = folder / "work"
         work.mkdir()
         prompts = folder / "prompts.txt"
-        prompts.write_text("".join(f"bench prompt {i}: a lighthouse at dusk, take {i}\n"
+        prompts.write_text("".join(f"bench prompt {i}: a lighthouse at dusk, take {i}"
+                                   f"{latency_fault(args.latency, args.vary, i)}\n"
                                    for i in range(args.prompts)))
         template = folder / "template.db"
         (folder / "images").mkdir()
@@ -176,7 +188,8 @@ def report(samples: dict[str, Samples], levels: list[int], args: argparse.Namesp
     L, count = args.latency, args.prompts
     print(f"\nP2 batch generation — {machine()}")
     nagle = "on (as is)" if args.emulator_nagle else "off"
-    print(f"{count} prompts, emulator latency L = {L:g} s (queue fraction "
+    spread = f" x (1 ± {args.vary:g})" if args.vary else ""
+    print(f"{count} prompts, emulator latency L = {L:g} s{spread} (queue fraction "
           f"{args.queue_fraction:g}, Nagle {nagle}), storage {args.storage}, SQLite\n")
     print(header("s"))
     for s in samples.values():
