@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -575,10 +575,12 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _columns() -> list[str]:
+@cache
+def _columns() -> tuple[str, ...]:
+    """The table's column names, read once (a backup asks for them at every row)."""
     from imagen4ctl.db.tables import generations
 
-    return [c.name for c in generations.columns]
+    return tuple(c.name for c in generations.columns)
 
 
 def row_to_json(row: Generation) -> dict[str, Any]:
