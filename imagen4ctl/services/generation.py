@@ -595,16 +595,15 @@ class GenerationService:
         notify(Progress(outcome.id, "queued"))
         unfinished_at: float | None = None  # when the last unfinished status was asked for
         asked_at = 0.0
-        interval = self.poll_interval
         seen_logs = 0
         while True:
             # Calls go out `delay` after the previous one went out, not after its answer
             # came: answers slow under load would otherwise stretch every interval.
-            delay = max(0.0, self._polls.delay(endpoint, asked_at, interval)
+            delay = max(0.0, self._polls.delay(endpoint, asked_at, self.poll_interval)
                         - (time.monotonic() - submitted - asked_at))
             if deadline.remaining() <= delay:
                 break
-            self._polls.sleep(endpoint, submitted, interval, delay, asked_at)
+            self._polls.sleep(endpoint, submitted, self.poll_interval, delay, asked_at)
             asked_at = time.monotonic() - submitted
             try:
                 status = self.fal.status(endpoint, request_id, deadline)
