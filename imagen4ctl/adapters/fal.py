@@ -215,8 +215,19 @@ class FalAdapter:
         raise FalError(f"fal answered an unknown status for {request_id}")
 
     def result(self, endpoint: str, request_id: str, deadline: Deadline) -> FalResult:
+        """The answer of a request fal has reported COMPLETED.
+
+        fal_client's own `result` asks for the status once more before it fetches the answer:
+        one more round trip on every generation's way to its images, and one more request.
+        """
+        from fal_client.client import QUEUE_POLL_TIMEOUT, _maybe_retry_request, _raise_for_status
+
         with self.bounded(deadline), self._translated("result"):
-            data = self._client.result(endpoint, request_id)
+            handle = self._client.get_handle(endpoint, request_id)
+            response = _maybe_retry_request(handle.client, "GET", handle.response_url,
+                                            timeout=QUEUE_POLL_TIMEOUT)
+            _raise_for_status(response)
+            data = response.json()
         return parse_result(data)
 
     def cancel(self, endpoint: str, request_id: str, deadline: Deadline) -> None:

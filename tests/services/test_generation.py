@@ -112,6 +112,21 @@ def test_the_next_submission_does_not_wait_for_the_previous_download(
     assert spans[second][0] < completed_at(migrated_db)[first]
 
 
+def test_a_completed_request_is_not_asked_its_status_again_for_its_result(
+    service: GenerationService, fal_emulator: FalEmulator
+) -> None:
+    fal_emulator.latency = 0.2
+    outcomes = service.run_batch(specs("asked once", "asked once too"), concurrency=2,
+                                 timeout=30)
+    assert [o.status for o in outcomes] == ["COMPLETED"] * 2
+    for outcome in outcomes:
+        assert outcome.fal_request_id is not None
+        calls = [(e.kind, e.status) for e in fal_emulator.log.for_request(outcome.fal_request_id)
+                 if e.kind in {"status", "result"}]
+        assert calls[-2:] == [("status", 200), ("result", 200)]
+        assert calls.count(("status", 200)) == 1
+
+
 @dataclass
 class TimedSubmitFal(FalAdapter):
     """fal's real queue; notes when each submission went out and was answered, the first one
