@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -74,11 +75,25 @@ def scratch_database(dsn: str, name: str, *, keep: bool = False) -> Iterator[str
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def compile_package(tree: Path) -> None:
+    """Compile `tree`/imagen4ctl to bytecode, as `pip install` does for an installed package.
+
+    An editable checkout is compiled on first use instead, and not at all where
+    PYTHONDONTWRITEBYTECODE is set (some shells here set it): each run would then compile
+    imagen4ctl's modules from source, 60–85 ms before a batch's first submission.
+    """
+    import compileall
+
+    compileall.compile_dir(str(tree / "imagen4ctl"), quiet=1)
+
+
 def clean_env(variables: Sequence[str], **extra: str) -> dict[str, str]:
-    """This process's environment without `variables`, plus `extra`.
+    """This process's environment without `variables`, plus `extra`, for imagen4ctl as
+    installed: its bytecode is compiled first.
 
     Keeps a developer's own FAL_KEY, MINIO_* or .env out of what is measured.
     """
+    compile_package(ROOT)
     env = {k: v for k, v in os.environ.items() if k not in variables}
     env.update(extra)
     return env

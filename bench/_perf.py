@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from imagen4ctl.emulator import FalEmulator
 
-ROOT = Path(__file__).resolve().parent.parent
+from _common import ROOT, SAMPLES_HEADER, BenchError, Samples, clean_env  # noqa: E402, F401
+
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # so `tests.plugins.s3` can be imported from a bench
-
-from _common import SAMPLES_HEADER, BenchError, Samples, clean_env  # noqa: E402, F401
 
 from imagen4ctl.settings import VARIABLES  # noqa: E402
 

@@ -28,6 +28,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from _common import compile_package
 from _perf import KEY, ROOT, BenchError, Samples, bench_env, fal_emulator, header, machine
 from batch import completed, latency_fault
 
@@ -82,6 +83,7 @@ def main() -> int:
         folder = Path(tmp)
         tree = worktree(args.rev, folder)
         try:
+            compile_package(tree)
             rev_paths = [str(tree)]
             if args.pip:
                 rev_paths.insert(0, str(pip_target(args.pip, folder)))
