@@ -89,6 +89,12 @@ def _worst_next_delay(attempt: int) -> float:
 _RETRIED_STATUSES = {408, 409, 429, 502, 503, 504}
 
 
+def _note_sent(event: str, info: dict[str, Any]) -> None:
+    """httpcore's trace of a request: notes when it has left, whole (monotonic clock)."""
+    if event == "http11.send_request_body.complete":
+        _current.sent_at = time.monotonic()
+
+
 class _BoundedTransport(httpx.BaseTransport):
     """Caps every request by the thread's deadline and hands transport errors back unretried."""
 
@@ -107,6 +113,7 @@ class _BoundedTransport(httpx.BaseTransport):
             current = timeouts.get(name)
             timeouts[name] = remaining if current is None else min(current, remaining)
         request.extensions["timeout"] = timeouts
+        request.extensions["trace"] = _note_sent
         try:
             response = self._inner.handle_request(request)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
@@ -128,6 +135,14 @@ class _BoundedTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         self._inner.close()
+
+
+@dataclass(frozen=True)
+class Submitted:
+    request_id: str
+    # When the (last attempt of the) submission had left whole, monotonic clock: fal's clock
+    # for the request starts about then, while its answer may come much later under load.
+    sent_at: float
 
 
 @dataclass(frozen=True)
@@ -191,14 +206,17 @@ class FalAdapter:
         finally:
             _current.deadline = previous
 
-    def submit(self, endpoint: str, arguments: dict[str, Any], deadline: Deadline) -> str:
-        """The request id fal gave the submission."""
+    def submit(self, endpoint: str, arguments: dict[str, Any], deadline: Deadline) -> Submitted:
+        """The request id fal gave the submission, and when the submission left."""
         with self.bounded(deadline), self._translated("submit", submitting=True):
+            _current.sent_at = None
             handle = self._client.submit(endpoint, arguments)
             request_id = handle.request_id
+            answered = time.monotonic()
+            sent_at = getattr(_current, "sent_at", None)
         if not isinstance(request_id, str) or not request_id:
             raise FalError("fal answered the submission without a request id")
-        return request_id
+        return Submitted(request_id, sent_at if sent_at is not None else answered)
 
     def status(self, endpoint: str, request_id: str, deadline: Deadline) -> FalStatus:
         import fal_client

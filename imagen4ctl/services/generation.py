@@ -461,7 +461,7 @@ class GenerationService:
             self._update(generation_id, [PENDING], submit_started_at=utcnow())
             crash_point("before_submit")
             try:
-                request_id = fal.submit(endpoint, spec.arguments(), deadline)
+                submission = fal.submit(endpoint, spec.arguments(), deadline)
             except FalSubmissionUnknown as e:
                 self._update(generation_id, [PENDING], error=f"submission state unknown: "
                              f"{e.message}")
@@ -473,7 +473,7 @@ class GenerationService:
                 self._fail(outcome, e.message, [PENDING])
                 outcome.exception = _with_hint(GenerationFailed(e.message), e)
                 return outcome
-            submitted = time.monotonic()
+            request_id = submission.request_id
             if slot is not None:
                 slot.submitted()
             crash_point("after_submit")
@@ -483,7 +483,7 @@ class GenerationService:
                 return outcome
             self._prepare_storing()
             self._collect(outcome, endpoint, request_id, spec.user_id, deadline, notify,
-                          submitted, slot)
+                          submission.sent_at, slot)
             return outcome
         except KeyboardInterrupt:
             outcome.error = "interrupted"
@@ -586,7 +586,8 @@ class GenerationService:
         """fal's final status, or None when the deadline came first (the row says what next).
 
         Polls every `poll_interval`, more often when this run expects the completion (see
-        `PollSchedule`); `submitted` is when the submission was answered (monotonic clock).
+        `PollSchedule`); `submitted` is when the submission had left (monotonic clock): fal's
+        clock starts then, and an answer slowed by a busy moment would shift every call late.
         """
         assert outcome.id is not None and self.fal is not None
         # fal answers a submission IN_QUEUE: the first status call waits one interval (or

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from imagen4ctl.adapters.fal import Deadline, FalAdapter, FalStatus
+from imagen4ctl.adapters.fal import Deadline, FalAdapter, FalStatus, Submitted
 from imagen4ctl.adapters.storage import LocalStorage
 from imagen4ctl.db.models import Generation
 from imagen4ctl.db.session import Database, parse_database_url
@@ -135,13 +135,13 @@ class TimedSubmitFal(FalAdapter):
     delay: float = 0.0
     calls: list[tuple[float, float]] = field(default_factory=list)
 
-    def submit(self, endpoint: str, arguments: dict[str, Any], deadline: Deadline) -> str:
+    def submit(self, endpoint: str, arguments: dict[str, Any], deadline: Deadline) -> Submitted:
         started = time.monotonic()
-        request_id = super().submit(endpoint, arguments, deadline)
+        submission = super().submit(endpoint, arguments, deadline)
         if not self.calls:
             time.sleep(self.delay)
         self.calls.append((started, time.monotonic()))
-        return request_id
+        return submission
 
 
 def test_a_batch_first_submission_goes_out_alone(
@@ -230,17 +230,22 @@ def test_run_without_a_place_still_generates(service: GenerationService) -> None
 
 @dataclass
 class SlowStatusFal(FalAdapter):
-    """fal's real queue, with each status answer `delay` seconds late; notes when each status
-    call went out and when the submission was answered."""
+    """fal's real queue, with each status answer `delay` seconds late and the submission's
+    answer `submit_delay` late; notes when the submission started and left, and when each
+    status call went out."""
 
     delay: float = 0.0
-    submitted: float = 0.0
+    submit_delay: float = 0.0
+    started: float = 0.0
+    sent: float = 0.0
     asked: list[float] = field(default_factory=list)
 
-    def submit(self, endpoint: str, arguments: dict[str, Any], deadline: Deadline) -> str:
-        request_id = super().submit(endpoint, arguments, deadline)
-        self.submitted = time.monotonic()
-        return request_id
+    def submit(self, endpoint: str, arguments: dict[str, Any], deadline: Deadline) -> Submitted:
+        self.started = time.monotonic()
+        submission = super().submit(endpoint, arguments, deadline)
+        time.sleep(self.submit_delay)
+        self.sent = submission.sent_at
+        return submission
 
     def status(self, endpoint: str, request_id: str, deadline: Deadline) -> FalStatus:
         self.asked.append(time.monotonic())
@@ -265,7 +270,24 @@ def test_slow_status_answers_do_not_stretch_the_interval(
     assert len(gaps) >= 5
     assert min(gaps) >= 0.09
     assert statistics.median(gaps) < 0.1 + 0.03  # answered 0.06 s late: 0.16 s apart otherwise
-    assert fal.asked[0] - fal.submitted >= 0.09
+    assert fal.asked[0] - fal.sent >= 0.09
+
+
+def test_a_late_answer_to_the_submission_does_not_delay_the_status_calls(
+    migrated_db: str, fal_emulator: FalEmulator, tmp_path: Path
+) -> None:
+    """fal's clock starts when the submission arrives, not when its answer does: answered
+    0.3 s late, the first status call (due 0.1 s after the submission left) goes out at once."""
+    fal_emulator.latency = 0.6
+    fal = SlowStatusFal(KEY, submit_delay=0.3)
+    service = make_service(migrated_db, fal, fal_emulator, tmp_path)
+    [spec] = specs("answered late")
+    try:
+        assert service.generate(spec, Deadline(30.0)).status == "COMPLETED"
+    finally:
+        service.database.dispose()
+    assert fal.started <= fal.sent < fal.started + 0.3  # it left before its late answer
+    assert 0.3 <= fal.asked[0] - fal.sent < 0.35  # an interval after the answer: >= 0.4
 
 
 def test_without_a_completion_the_normal_interval_applies() -> None:
