@@ -40,8 +40,24 @@ def redact(text: str) -> str:
 
 def print_json(data: Any) -> None:
     """JSON alone on stdout (no Rich wrapping or highlighting), secrets redacted."""
-    sys.stdout.write(redact(json.dumps(data, indent=2, ensure_ascii=False, default=str)) + "\n")
+    sys.stdout.write(redact(json_text(data)) + "\n")
     sys.stdout.flush()
+
+
+def json_text(data: Any) -> str:
+    """`json.dumps(data, indent=2, ensure_ascii=False, default=str)`, written by orjson: the
+    json module indents in pure Python, 0.2 s for a 10,000-row fix-pending report. Only
+    floats below 1e-4 or from 1e16 are spelled differently (`1e-7`, not `1e-07`)."""
+    import orjson
+
+    # Keys that are not strings as json writes them; datetimes and dataclasses through
+    # `default=str`, as json has them.
+    options = (orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
+               | orjson.OPT_PASSTHROUGH_DATACLASS)
+    try:
+        return orjson.dumps(data, default=str, option=options).decode()
+    except orjson.JSONEncodeError:  # what orjson refuses: integers beyond 64 bits
+        return json.dumps(data, indent=2, ensure_ascii=False, default=str)
 
 
 def print_error(message: str, hint: str | None = None) -> None:
