@@ -55,6 +55,15 @@ def specs(*prompts: str) -> list[GenerationSpec]:
     return [GenerationSpec(user_id="42", prompt=prompt) for prompt in prompts]
 
 
+def generate_one(service: GenerationService, prompt: str) -> None:
+    """One generation, which must complete; the service's database is closed after."""
+    [spec] = specs(prompt)
+    try:
+        assert service.generate(spec, Deadline(30.0)).status == "COMPLETED"
+    finally:
+        service.database.dispose()
+
+
 def completed_at(db_url: str) -> dict[str, datetime]:
     """When each generation's row became COMPLETED, by fal request id (aware UTC)."""
     engine = create_engine(parse_database_url(db_url))
@@ -260,12 +269,7 @@ def test_slow_status_answers_do_not_stretch_the_interval(
     came; the first one interval after the submission, whose answer said IN_QUEUE."""
     fal_emulator.latency = 0.9
     fal = SlowStatusFal(KEY, delay=0.06)
-    service = make_service(migrated_db, fal, fal_emulator, tmp_path)
-    [spec] = specs("patient")
-    try:
-        assert service.generate(spec, Deadline(30.0)).status == "COMPLETED"
-    finally:
-        service.database.dispose()
+    generate_one(make_service(migrated_db, fal, fal_emulator, tmp_path), "patient")
     gaps = [b - a for a, b in zip(fal.asked, fal.asked[1:], strict=False)]
     assert len(gaps) >= 5
     assert min(gaps) >= 0.09
@@ -280,12 +284,7 @@ def test_a_late_answer_to_the_submission_does_not_delay_the_status_calls(
     0.3 s late, the first status call (due 0.1 s after the submission left) goes out at once."""
     fal_emulator.latency = 0.6
     fal = SlowStatusFal(KEY, submit_delay=0.3)
-    service = make_service(migrated_db, fal, fal_emulator, tmp_path)
-    [spec] = specs("answered late")
-    try:
-        assert service.generate(spec, Deadline(30.0)).status == "COMPLETED"
-    finally:
-        service.database.dispose()
+    generate_one(make_service(migrated_db, fal, fal_emulator, tmp_path), "answered late")
     assert fal.started <= fal.sent < fal.started + 0.3  # it left before its late answer
     assert 0.3 <= fal.asked[0] - fal.sent < 0.35  # an interval after the answer: >= 0.4
 
