@@ -8,6 +8,7 @@ so the fal plugin starts the emulator before anything imports it and its env is 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,12 @@ def assert_no_secret(text: str, *secrets: str) -> None:
     for secret in secrets or (CANARY,):
         for piece in canary_pieces(secret):
             assert piece not in text, f"a piece of a secret leaked: {piece!r}"
+
+
+def interruptible() -> None:
+    """`preexec_fn` of a server the test stops with SIGINT, as Ctrl-C would. A shell that
+    starts the tests in the background hands SIGINT down ignored, and Python keeps it so."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(autouse=True)

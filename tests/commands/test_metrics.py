@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from imagen4ctl import __version__
-from tests.conftest import CANARY, CliResult, assert_no_secret
+from tests.conftest import CANARY, CliResult, assert_no_secret, interruptible
 from tests.factories import bot_row, incident_rows, insert_rows
 
 Cli = Callable[..., CliResult]
@@ -200,7 +200,7 @@ def test_serve_answers_fresh_values_and_stops_cleanly(migrated_db: str,
     for sig in (signal.SIGINT, signal.SIGTERM):
         process = subprocess.Popen(
             [sys.executable, "-m", "imagen4ctl", "metrics", "--serve", "0"], env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
         try:
             assert process.stderr is not None
             line = process.stderr.readline()

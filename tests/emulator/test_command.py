@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from imagen4ctl.commands.emulator import emulator
 from imagen4ctl.errors import UsageError
+from tests.conftest import interruptible
 from tests.emulator._helpers import MODEL, auth, png_size
 
 
@@ -53,7 +54,7 @@ def test_the_command_serves_until_interrupted(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "imagen4ctl.commands.emulator", "--latency", "0.1",
          "--key", "cli-key", "--cert-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible,
     )
     try:
         assert process.stdout is not None
