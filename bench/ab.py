@@ -30,7 +30,7 @@ from pathlib import Path
 
 from _common import compile_package
 from _perf import KEY, ROOT, BenchError, Samples, bench_env, fal_emulator, header, machine
-from batch import completed, latency_fault
+from batch import completed, write_prompts
 
 # Imports imagen4ctl from the trees in argv[1] (os.pathsep-separated), not through the
 # editable install's finder, then runs the CLI with the remaining arguments.
@@ -104,10 +104,7 @@ def measure(sides: dict[str, list[str]], args: argparse.Namespace, folder: Path
         work = folder / "work"
         work.mkdir()
         (folder / "images").mkdir()
-        prompts = folder / "prompts.txt"
-        prompts.write_text("".join(f"bench prompt {i}: a lighthouse at dusk, take {i}"
-                                   f"{latency_fault(args.latency, args.vary, i)}\n"
-                                   for i in range(args.prompts)))
+        prompts = write_prompts(folder / "prompts.txt", args.prompts, args.latency, args.vary)
         template = folder / "template.db"
         env = bench_env(**emulator.env(), FAL_KEY=KEY, HOME=str(work),
                         DATABASE_URL=f"sqlite:///{template}", IMAGES_DIR=str(folder / "images"))

@@ -85,6 +85,13 @@ def latency_fault(latency: float, vary: float, index: int) -> str:
     return f" [fault:latency={latency * draw:.3f}]"
 
 
+def write_prompts(path: Path, count: int, latency: float, vary: float) -> Path:
+    """The benchmark's prompts file: the same prompts (and latency draws) for every run."""
+    path.write_text("".join(f"bench prompt {i}: a lighthouse at dusk, take {i}"
+                            f"{latency_fault(latency, vary, i)}\n" for i in range(count)))
+    return path
+
+
 def cli(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "imagen4ctl"), *args]
 
@@ -120,10 +127,7 @@ def main() -> int:
         folder = Path(tmp)
         work = folder / "work"
         work.mkdir()
-        prompts = folder / "prompts.txt"
-        prompts.write_text("".join(f"bench prompt {i}: a lighthouse at dusk, take {i}"
-                                   f"{latency_fault(args.latency, args.vary, i)}\n"
-                                   for i in range(args.prompts)))
+        prompts = write_prompts(folder / "prompts.txt", args.prompts, args.latency, args.vary)
         template = folder / "template.db"
         (folder / "images").mkdir()
         env = bench_env(**emulator.env(), FAL_KEY=KEY, HOME=str(work),
