@@ -11,13 +11,17 @@ its tree rather than through the editable install. Runs alternate in a shuffled 
 round against one emulator; a run whose generations did not all complete stops the benchmark.
 
 Reported per side (medians, with min and max): the wall time; the first submission, from the
-process start to the emulator's log of it (imports, settings, rows); and the rest, wall minus
-first submission (the batch itself). Then REV / this checkout for each.
+process start to the emulator's log of it (imports, settings, rows); the rest, wall minus
+first submission (the batch itself); and the drift, how much later than whole waves of L
+after the first the last submission went out: each wave's turnover (a completion seen, the
+next submission sent) adds to it, and the wall moves with it. Then REV / this checkout for
+each.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import shutil
@@ -43,6 +47,9 @@ sys.argv[0] = "imagen4ctl"
 from imagen4ctl.cli import main
 main()
 """
+
+
+MEASURES = ("wall", "first", "rest", "drift")
 
 
 def worktree(rev: str, folder: Path) -> Path:
@@ -98,8 +105,8 @@ def main() -> int:
 
 def measure(sides: dict[str, list[str]], args: argparse.Namespace, folder: Path
             ) -> dict[str, dict[str, Samples]]:
-    samples = {side: {what: Samples(f"{side}: {what}") for what in ("wall", "first", "rest")}
-               for side in sides}
+    samples = {side: {what: Samples(f"{side}: {what}") for what in MEASURES} for side in sides}
+    waves = math.ceil(args.prompts / args.concurrency)
     with fal_emulator(args.latency) as emulator:
         work = folder / "work"
         work.mkdir()
@@ -123,12 +130,14 @@ def measure(sides: dict[str, list[str]], args: argparse.Namespace, folder: Path
                               "--from-file", str(prompts), "--concurrency",
                               str(args.concurrency), "--user-id", "b", "--json"],
                              {**env, "DATABASE_URL": f"sqlite:///{db}"}, work, args.prompts)
-                first = min((e.at - started_at).total_seconds()
-                            for e in emulator.log.entries("submit"))
-                for what, value in (("wall", wall), ("first", first), ("rest", wall - first)):
+                sent = sorted((e.at - started_at).total_seconds()
+                              for e in emulator.log.entries("submit"))
+                first = sent[0]
+                drift = sent[-1] - first - (waves - 1) * args.latency
+                for what, value in zip(MEASURES, (wall, first, wall - first, drift), strict=True):
                     samples[side][what].values.append(value)
-                print(f"  {side:<16} wall {wall:6.2f} s  first submission {first:5.2f} s",
-                      flush=True)
+                print(f"  {side:<16} wall {wall:6.2f} s  first submission {first:5.2f} s  "
+                      f"drift {drift * 1000:4.0f} ms", flush=True)
     return samples
 
 
@@ -153,10 +162,10 @@ def report(samples: dict[str, dict[str, Samples]], sides: list[str],
     print(header("s"))
     for side in sides:
         for s in samples[side].values():
-            print(s.row("s"))
+            print(s.row("ms" if s.label.endswith("drift") else "s"))
     this, other = (samples[side] for side in sides)
     print()
-    for what in ("wall", "first", "rest"):
+    for what in MEASURES:
         print(f"{what:>5}: {sides[1]} / this checkout = "
               f"{other[what].median / this[what].median:.3f}x "
               f"({other[what].median - this[what].median:+.3f} s)")
