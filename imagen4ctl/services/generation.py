@@ -592,7 +592,7 @@ class GenerationService:
         assert outcome.id is not None and self.fal is not None
         # fal answers a submission IN_QUEUE: the first status call waits one interval (or
         # until the window of an expected completion).
-        last: FalStatus | None = FalStatus("IN_QUEUE")
+        last = FalStatus("IN_QUEUE")
         notify(Progress(outcome.id, "queued"))
         unfinished_at: float | None = None  # when the last unfinished status was asked for
         asked_at = 0.0
@@ -642,13 +642,13 @@ class GenerationService:
         outcome: Outcome,
         endpoint: str,
         request_id: str,
-        last: FalStatus | None,
+        last: FalStatus,
         deadline: Deadline,
     ) -> None:
         """The deadline came: cancel what is still queued; leave what runs to fix-pending."""
         assert outcome.id is not None and self.fal is not None
         seconds = deadline.seconds or 0
-        if last is not None and last.state == "IN_QUEUE":
+        if last.state == "IN_QUEUE":
             try:
                 self.fal.cancel(endpoint, request_id, Deadline(5.0))
             except FalError:
