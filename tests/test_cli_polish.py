@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from imagen4ctl import cli, output
+from imagen4ctl import cli, output, startup
 
 
 def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -85,7 +85,7 @@ def test_a_batch_has_a_bar_on_a_terminal_and_a_few_lines_in_a_pipe(
 def test_the_command_asked_for_is_found_before_the_cli_is_built(
     args: list[str], command: str | None
 ) -> None:
-    assert cli.invoked_command(args) == command
+    assert startup.invoked_command(args, [*cli.COMMANDS, *cli.GROUPS]) == command
 
 
 @pytest.mark.parametrize("name", [*cli.COMMANDS, *cli.GROUPS])

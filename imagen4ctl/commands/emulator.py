@@ -86,6 +86,6 @@ def emulator(
 
 
 if __name__ == "__main__":  # `python -m imagen4ctl.commands.emulator`, with the CLI's error rules
-    from imagen4ctl.cli import guarded
+    from imagen4ctl.commands._guard import guarded
 
     typer.run(guarded(emulator))
