@@ -10,7 +10,7 @@ subprocess whose own peak RSS comes from `wait4` once it has exited.
 Measured, interleaved in a shuffled order per round:
 
 - the batch with small images (the emulator's real ~10 kB PNGs): the process's floor;
-- the batch with 8 MB images, as configured (`PART_SIZE` in adapters/storage.py, at most
+- the batch with 8 MB images, as configured (`PART_SIZE` in adapters/storage/s3.py, at most
   `MAX_UPLOADS` images stored at once in services/generation.py);
 - the same with those constants set otherwise (`--variants`), through a wrapper that changes
   the module constants before the CLI runs: what the part size and the upload limit cost.
@@ -48,7 +48,7 @@ MIB = 1024 * 1024
 WITH_CONSTANTS = """\
 import sys
 
-import imagen4ctl.adapters.storage as storage
+import imagen4ctl.adapters.storage.s3 as storage
 import imagen4ctl.services.generation as generation
 from imagen4ctl.cli import main
 

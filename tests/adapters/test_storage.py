@@ -296,6 +296,34 @@ def test_bucket_exists(storage: Storage) -> None:
     assert storage.bucket_exists() is True
 
 
+def _read_link(url: str) -> bytes | None:
+    """What a presigned link serves now, or None once it no longer does."""
+    if url.startswith("file:"):
+        path = Path(url2pathname(urlsplit(url).path))
+        return path.read_bytes() if path.is_file() else None
+    response = httpx.get(url, timeout=5)
+    return response.content if response.status_code == 200 else None
+
+
+def test_links_expire_says_whether_a_link_outlives_its_lifetime(storage: Storage) -> None:
+    storage.put_bytes("a/0.png", b"png", content_type="image/png")
+    url = storage.presigned_url("a/0.png", timedelta(seconds=1))
+    assert _read_link(url) == b"png"
+    time.sleep(2.5)  # SigV4 counts whole seconds from X-Amz-Date
+    assert (_read_link(url) is None) is storage.links_expire
+
+
+def test_create_if_missing_keeps_an_existing_bucket_as_it_is(storage: Storage) -> None:
+    storage.put_bytes("a/0.png", b"kept", content_type="image/png")
+    storage.create_if_missing()
+    assert storage.bucket_exists() is True
+    assert [(o.key, storage.get(o.key)) for o in storage.list("")] == [("a/0.png", b"kept")]
+
+
+def test_every_backend_must_answer_the_interface_questions() -> None:
+    assert {"bucket_exists", "create_if_missing", "links_expire"} <= Storage.__abstractmethods__
+
+
 # --------------------------------------------------------------------------- local
 
 
@@ -371,6 +399,32 @@ def test_local_content_type_comes_from_the_extension(local: LocalStorage) -> Non
     assert [o.content_type for o in local.list("a/")] == ["image/webp", None]
 
 
+def test_local_links_do_not_expire(local: LocalStorage) -> None:
+    assert local.links_expire is False
+
+
+def test_local_create_if_missing_makes_the_folder_and_its_parents(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "new" / "images")
+    assert storage.bucket_exists() is False
+    storage.create_if_missing()
+    assert storage.bucket_exists() is True
+    storage.probe()
+
+
+def test_local_create_if_missing_where_a_file_is(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    for root, reason in [
+        (tmp_path / "file", "File exists"),
+        (tmp_path / "file" / "images", "Not a directory"),
+    ]:
+        storage = LocalStorage(root)
+        with pytest.raises(StorageError) as caught:
+            storage.create_if_missing()
+        assert str(caught.value) == f"cannot create local folder {root}: {reason}"
+        assert caught.value.hint == "Point IMAGES_DIR at a writable folder."
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
 # --------------------------------------------------------------------------- S3
 
 
@@ -422,6 +476,28 @@ def test_s3_wrong_credentials_fail_fast_with_the_credentials_hint(
         assert time.monotonic() - started < 6.0
         assert caught.value.hint is not None and caught.value.hint.startswith(CREDENTIALS_HINT)
         assert server.endpoint in str(caught.value)
+
+
+def test_s3_links_expire(s3_bucket: S3Bucket) -> None:
+    assert s3_bucket.storage.links_expire is True
+
+
+def test_s3_create_if_missing_never_creates_a_bucket(s3_server: SeaweedServer) -> None:
+    s3_server.ensure_running()
+    storage = s3_server.storage("not-created-here")
+    storage.create_if_missing()
+    assert storage.bucket_exists() is False
+    assert not s3_server.admin_client().bucket_exists("not-created-here")
+
+
+def test_s3_create_if_missing_asks_nothing_of_the_server() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+    storage = S3Storage(f"127.0.0.1:{port}", "key", "secret", "bucket", timeout=0.3)
+    storage.create_if_missing()  # nothing listens there: any request would raise
+    with pytest.raises(StorageError, match="connection refused"):
+        storage.bucket_exists()
 
 
 def test_s3_missing_bucket_is_named(s3_server: SeaweedServer) -> None:
