@@ -113,7 +113,7 @@ SELECT i, user_id, kind, status,
 FROM timed
 """
 
-# What each statement of user_report is: the name of its `stats.Statements` property.
+# What each statement of user_report is: the name of its `generations.Statements` property.
 ROLES: dict[str, tuple[str, str]] = {
     "counts": ("by_kind", "counts by kind x status"),
     "users": ("users", "distinct users"),
@@ -300,10 +300,11 @@ def capture_statements(db: Database, user_id: str | None) -> list[Statement]:
     The stuck cutoff is inlined as of now; every stuck row is hours old, so it selects the
     same rows as the CLI's own cutoff for the whole run.
     """
-    from imagen4ctl.db.reader import bind, pyformat
+    from imagen4ctl.db.driver import bind, pyformat
+    from imagen4ctl.db.generations import Statements
     from imagen4ctl.services import stats
 
-    known = stats.Statements(by_user=user_id is not None, by_kind=False)
+    known = Statements(by_user=user_id is not None, by_kind=False)
     names = {getattr(known, name): name for name in ROLES}
     statements = []
     with db.read() as reader:

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imagen4ctl.db.session import SCHEMA_HINT, Database, table_missing, translate_errors
+from imagen4ctl.db.driver import SCHEMA_HINT, table_missing, translate_errors
+from imagen4ctl.db.session import Database
 from imagen4ctl.db.values import REQUIRED_COLUMNS
 from imagen4ctl.errors import SchemaError
 

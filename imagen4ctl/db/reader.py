@@ -1,42 +1,28 @@
 """Read-only SQL on the driver's own connection, for reports that must start fast.
 
 `user-images` is the first command an operator runs: its statements take ~0.1 s at a million
-rows, and importing SQLAlchemy would cost about as much again. So reports write plain SQL
-that SQLite and PostgreSQL both run, with `:name` parameters, and run it here through
-sqlite3 or psycopg2, in one read-only snapshot (the numbers of one report add up even while
-the bot writes). Driver errors become the same one-line errors as on the SQLAlchemy path.
+rows, and importing SQLAlchemy would cost about as much again. So the reports' statements
+(`generations.py`) are plain SQL that SQLite and PostgreSQL both run, with `:name`
+parameters, run here through sqlite3 or psycopg2 in one read-only snapshot (the numbers of
+one report add up even while the bot writes). Driver errors become the same one-line errors
+as on the SQLAlchemy path.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from imagen4ctl.db.session import database_error, table_missing
-
-if TYPE_CHECKING:
-    from imagen4ctl.db.session import Database
-
-_PARAM = re.compile(r"(?<![:\w]):(\w+)")
-# How SQLAlchemy stores a DateTime on SQLite (naive UTC text, which compares as text).
-SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
-
-
-def pyformat(sql: str) -> str:
-    """`:name` parameters as psycopg2's `%(name)s` (a literal `%` doubled)."""
-    return _PARAM.sub(r"%(\1)s", sql.replace("%", "%%"))
-
-
-def bind(value: Any, backend: str) -> Any:
-    """A parameter as the driver should see it: SQLite compares datetimes as UTC text."""
-    if isinstance(value, datetime) and backend == "sqlite":
-        if value.tzinfo is not None:
-            value = value.astimezone(UTC).replace(tzinfo=None)
-        return value.strftime(SQLITE_DATETIME)
-    return value
+from imagen4ctl.db.driver import (
+    Target,
+    bind,
+    connect_postgresql,
+    database_error,
+    driver_error,
+    pyformat,
+    table_missing,
+)
 
 
 class Reader:
@@ -81,28 +67,8 @@ class Reader:
         return rows[0][0] if rows else None
 
 
-def driver_error(db: Database) -> type[BaseException]:
-    """The base class of the errors `db`'s driver raises."""
-    if db.is_sqlite:
-        import sqlite3
-
-        return sqlite3.Error
-    import psycopg2
-
-    return psycopg2.Error
-
-
-def connect_postgresql(db: Database) -> Any:
-    """A psycopg2 connection to `db`, bounded by its connect timeout."""
-    import psycopg2
-
-    params: dict[str, Any] = {**db.location.libpq_params(),
-                              "connect_timeout": max(1, round(db.connect_timeout))}
-    return psycopg2.connect(**params)
-
-
 @contextmanager
-def open_reader(db: Database) -> Iterator[Reader]:
+def open_reader(db: Target) -> Iterator[Reader]:
     """A Reader on `db`; database errors come out as imagen4ctl errors, as from `session()`."""
     try:
         with (_sqlite if db.is_sqlite else _postgresql)(db) as reader:
@@ -112,7 +78,7 @@ def open_reader(db: Database) -> Iterator[Reader]:
 
 
 @contextmanager
-def _sqlite(db: Database) -> Iterator[Reader]:
+def _sqlite(db: Target) -> Iterator[Reader]:
     import sqlite3
     from urllib.parse import quote
 
@@ -130,7 +96,7 @@ def _sqlite(db: Database) -> Iterator[Reader]:
 
 
 @contextmanager
-def _postgresql(db: Database) -> Iterator[Reader]:
+def _postgresql(db: Target) -> Iterator[Reader]:
     connection = connect_postgresql(db)
     try:
         connection.set_session(isolation_level="REPEATABLE READ", readonly=True)

@@ -1,7 +1,8 @@
-"""Engine and sessions for SQLite (the embedded default) and PostgreSQL (psycopg2).
+"""Engine and sessions for SQLite (the embedded default) and PostgreSQL (psycopg2), and the
+driver's own connections beside them (`read`, `write`).
 
 SQLAlchemy is imported when an engine is first needed, not with this module: the read-only
-reports (`Database.read`) never load it.
+reports (`Database.read`) and the generation service's writes (`Database.write`) never load it.
 """
 
 from __future__ import annotations
@@ -13,21 +14,17 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imagen4ctl.db.driver import SQLITE_BUSY_TIMEOUT_MS, translate_errors
+from imagen4ctl.db.reader import Reader, open_reader
 from imagen4ctl.db.url import DatabaseURL, parse_url
-from imagen4ctl.errors import DatabaseError, SchemaError
+from imagen4ctl.db.writer import Writer, WriterPool
 
 if TYPE_CHECKING:  # the ORM is imported only by the paths that use it
     from sqlalchemy import Engine
     from sqlalchemy.engine import URL
     from sqlalchemy.orm import Session, sessionmaker
 
-    from imagen4ctl.db.reader import Reader
-    from imagen4ctl.db.writer import Writer, WriterPool
-
-DB_HINT = "Check DATABASE_URL, and that the database server is running."
-SCHEMA_HINT = "Run `imagen4ctl db upgrade`."
 DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg2"}
-SQLITE_BUSY_TIMEOUT_MS = 5000  # how long a SQLite writer waits for another, then says so
 
 
 def parse_database_url(url: str) -> URL:
@@ -103,11 +100,28 @@ class Database:
             yield session
 
     @contextmanager
+    def bounded_session(self, timeout: float) -> Iterator[Session]:
+        """A read session whose statements PostgreSQL cancels after `timeout` seconds.
+
+        (SQLite waits at most its busy timeout for a writer; it has no statement timeout.)
+        """
+        from sqlalchemy import func, select
+
+        with self.session() as session:
+            if not self.is_sqlite:
+                session.execute(select(func.set_config(
+                    "statement_timeout", str(max(1, int(timeout * 1000))), True)))
+            yield session
+
+    def ping(self) -> None:
+        """One round trip on the driver's own connection: the database answers."""
+        with self.read() as reader:
+            reader.value("SELECT 1")
+
+    @contextmanager
     def read(self) -> Iterator[Reader]:
         """Plain SQL on the driver's own connection, in one read-only snapshot: for reports
         that must start fast (SQLAlchemy's import alone costs ~0.1 s)."""
-        from imagen4ctl.db.reader import open_reader
-
         with open_reader(self) as reader:
             yield reader
 
@@ -115,8 +129,6 @@ class Database:
     def write(self, *, exclusive: bool = False) -> Iterator[Writer]:
         """Plain SQL in one committed transaction on a pooled driver connection: the
         generation service's writes, which must not wait for SQLAlchemy's import."""
-        from imagen4ctl.db.writer import WriterPool
-
         with self._writers_lock:
             if self._writers is None:
                 self._writers = WriterPool(self)
@@ -139,48 +151,3 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.close()
-
-
-@contextmanager
-def translate_errors(db: Database) -> Iterator[None]:
-    from sqlalchemy.exc import DBAPIError
-
-    try:
-        yield
-    except DBAPIError as e:
-        raise database_error(db, e.orig if e.orig is not None else e) from e
-
-
-def table_missing(db: Database) -> SchemaError:
-    return SchemaError(f"the generations table is missing in {db.describe()}", hint=SCHEMA_HINT)
-
-
-def database_error(db: Database, exc: BaseException) -> DatabaseError:
-    """One line a person understands, from a driver's error (whose text may be long)."""
-    text = str(exc)
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    lowered = text.lower()
-    if "no such table" in lowered or ("relation" in lowered and "does not exist" in lowered) or (
-        "undefinedtable" in type(exc).__name__.lower()
-    ):
-        return table_missing(db)
-    if "no such column" in lowered or ("column" in lowered and "does not exist" in lowered):
-        return SchemaError(f"the database schema is behind this imagen4ctl ({first})",
-                           hint=SCHEMA_HINT)
-    if "database is locked" in lowered:
-        return DatabaseError(f"{db.describe()} is locked by another writer",
-                             hint="Wait for the other process, or stop it, and retry.")
-    if "unable to open database file" in lowered:
-        return DatabaseError(f"cannot open {db.describe()}",
-                             hint="Check that its folder exists and is writable (DATABASE_URL).")
-    if "connection refused" in lowered or "could not connect" in lowered or (
-        "timeout" in lowered
-    ):
-        return DatabaseError(f"cannot connect to {db.describe()}: {_short(first)}",
-                             hint=DB_HINT)
-    return DatabaseError(f"{db.describe()}: {_short(first)}", hint=DB_HINT)
-
-
-def _short(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,11 +1,11 @@
 """Plain SQL writes on the driver's own connections: the generation service's state changes.
 
 A batch's first submission waits for its rows, and importing SQLAlchemy costs as long as
-everything else before it. So the generation service writes `generations` with plain SQL
-that SQLite and PostgreSQL both run (`:name` parameters, as for the reports), through sqlite3
-or psycopg2, on a few pooled connections. Values are stored as SQLAlchemy stores them (naive
-UTC text on SQLite, JSON as text on SQLite and JSONB on PostgreSQL), so the ORM paths read
-these rows unchanged.
+everything else before it. So the generation service's writes (`generations.py`) are plain
+SQL that SQLite and PostgreSQL both run (`:name` parameters, as for the reports), sent here
+through sqlite3 or psycopg2 on a few pooled connections. Values are stored as SQLAlchemy
+stores them (naive UTC text on SQLite, JSON as text on SQLite and JSONB on PostgreSQL), so
+the ORM paths read these rows unchanged.
 """
 
 from __future__ import annotations
@@ -14,13 +14,17 @@ import json
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from imagen4ctl.db.reader import Reader, bind, connect_postgresql, driver_error
-from imagen4ctl.db.session import SQLITE_BUSY_TIMEOUT_MS, database_error
-
-if TYPE_CHECKING:
-    from imagen4ctl.db.session import Database
+from imagen4ctl.db.driver import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    Target,
+    bind,
+    connect_postgresql,
+    database_error,
+    driver_error,
+)
+from imagen4ctl.db.reader import Reader
 
 BUSY_TIMEOUT_MS = SQLITE_BUSY_TIMEOUT_MS  # as the SQLAlchemy path (a name here, for tests)
 
@@ -53,7 +57,7 @@ class WriterPool:
     """Connections kept open between transactions (a batch commits three times a generation);
     thread-safe, each connection used by one thread at a time."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Target) -> None:
         self.db = db
         self._idle: list[Any] = []
         self._lock = threading.Lock()

@@ -10,10 +10,9 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import create_engine, insert, update
-
-from imagen4ctl.db.models import Generation
-from imagen4ctl.db.session import parse_database_url
+from imagen4ctl.db import generations
+from imagen4ctl.db.session import Database
+from imagen4ctl.db.values import PENDING, PROCESSING
 
 # When the five attempts happened, relative to now: 30 minutes to 33 hours 4 minutes ago.
 ATTEMPTS = (
@@ -28,25 +27,21 @@ ATTEMPTS = (
 def main(database_url: str, user_id: str) -> int:
     import fal_client
 
-    engine = create_engine(parse_database_url(database_url))
+    database = Database(database_url)
     failures = 0
     for prompt, age in ATTEMPTS:
         when = datetime.now(UTC) - age
-        with engine.begin() as connection:
-            row_id = connection.execute(insert(Generation).values(
-                user_id=user_id, kind="imagen4", status="PENDING", prompt=prompt,
-                aspect_ratio="1:1", created_at=when, updated_at=when,
-            ).returning(Generation.id)).scalar_one()
+        row_id = generations.insert(database, generations.NewGeneration(
+            user_id, "imagen4", prompt, "1:1", status=PENDING, at=when))
         try:
             fal_client.submit("fal-ai/imagen4/preview", arguments={"prompt": prompt})
         except fal_client.auth.MissingCredentialsError as e:
             failures += 1
             print(f"bot: generation {row_id} written PENDING; fal_client: {e}")
             continue  # the bug: the row stays PENDING for ever
-        with engine.begin() as connection:  # never reached in the incident
-            connection.execute(update(Generation).where(Generation.id == row_id)
-                               .values(status="PROCESSING"))
-    engine.dispose()
+        # never reached in the incident
+        generations.change_state(database, row_id, [PENDING], status=PROCESSING)
+    database.dispose()
     return 0 if failures == len(ATTEMPTS) else 1
 
 

@@ -95,23 +95,20 @@ def child_env(workdir: Path, fal_env: dict[str, str]) -> dict[str, str]:
 
 def add_avatars(workdir: Path) -> None:
     """User 42's history: 137 completed avatars, written as the bot writes them."""
-    from sqlalchemy import create_engine, insert
-
-    from imagen4ctl.db.models import Generation
-    from imagen4ctl.db.session import parse_database_url
+    from imagen4ctl.db import generations
+    from imagen4ctl.db.session import Database
 
     when = datetime.now(UTC) - timedelta(days=30)
     folder = workdir / "images" / "avatars" / USER
     folder.mkdir(parents=True, exist_ok=True)
     for n in range(AVATARS):  # real images: the gallery shows them
         (folder / f"{n}.png").write_bytes(_avatar_png(n))
-    engine = create_engine(parse_database_url("sqlite:///" + str(workdir / "demo.db")))
-    with engine.begin() as connection:
-        connection.execute(insert(Generation), [
-            {"user_id": USER, "kind": "avatar", "status": "COMPLETED", "prompt": f"avatar {n}",
-             "aspect_ratio": "1:1", "result_urls": [f"avatars/{USER}/{n}.png"],
-             "created_at": when, "updated_at": when} for n in range(AVATARS)])
-    engine.dispose()
+    database = Database("sqlite:///" + str(workdir / "demo.db"))
+    generations.insert_many(database, [
+        generations.NewGeneration(USER, "avatar", f"avatar {n}", "1:1", status="COMPLETED",
+                                  result_urls=[f"avatars/{USER}/{n}.png"], at=when)
+        for n in range(AVATARS)])
+    database.dispose()
 
 
 def _avatar_png(n: int) -> bytes:

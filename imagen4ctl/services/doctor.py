@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Literal
 
-from imagen4ctl.db.session import SCHEMA_HINT
+from imagen4ctl.db.driver import SCHEMA_HINT
 from imagen4ctl.errors import Imagen4ctlError, StorageError
 from imagen4ctl.settings import VARIABLES, Settings
 
@@ -132,8 +132,7 @@ def check_database(settings: Settings, timeout: float, offline: bool) -> Check:
                          "`imagen4ctl db upgrade` creates it.")
     elif offline:
         return Check("database", "skip", f"skipped: --offline ({db.describe()})")
-    with db.read() as reader:
-        reader.value("SELECT 1")
+    db.ping()
     return Check("database", "ok", f"connected to {db.describe()}")
 
 

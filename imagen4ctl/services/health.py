@@ -5,14 +5,14 @@ No Typer or Rich here."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from imagen4ctl.db.models import COMPLETED, FAILED, IN_FLIGHT, Generation, as_utc, utcnow
+from imagen4ctl.db import generations
+from imagen4ctl.db.values import utcnow
 from imagen4ctl.durations import format_duration
 from imagen4ctl.errors import Imagen4ctlError
 from imagen4ctl.services import doctor
@@ -20,7 +20,6 @@ from imagen4ctl.services import doctor
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from imagen4ctl.db.session import Database
     from imagen4ctl.settings import Settings
 
 Level = Literal["OK", "WARNING", "CRITICAL", "UNKNOWN"]
@@ -212,52 +211,24 @@ def probe_components(settings: Settings, timeout: float) -> list[HealthCheck]:
 # --------------------------------------------------------------------------- counts
 
 
-@contextmanager
-def bounded_session(database: Database, timeout: float) -> Iterator[Session]:
-    """A read session whose statements PostgreSQL cancels after `timeout` seconds.
-
-    (SQLite waits at most its busy timeout for a writer; it has no statement timeout.)
-    """
-    from sqlalchemy import func, select
-
-    with database.session() as session:
-        if not database.is_sqlite:
-            session.execute(select(func.set_config(
-                "statement_timeout", str(max(1, int(timeout * 1000))), True)))
-        yield session
-
-
 def stuck_summary(session: Session, *, stuck_after: float,
                   now: datetime | None = None) -> StuckSummary:
     """PENDING/PROCESSING unchanged for longer than `stuck_after`, of any kind: one query."""
-    from sqlalchemy import func, select
-
     now = now or utcnow()
-    g = Generation
-    count, oldest = session.execute(
-        select(func.count(), func.min(g.created_at)).where(
-            g.status.in_(IN_FLIGHT), g.updated_at < now - timedelta(seconds=stuck_after))
-    ).one()
-    created = as_utc(oldest)
+    count, created = generations.stuck_count_and_oldest(
+        session, cutoff=now - timedelta(seconds=stuck_after))
     age = max(0, int((now - created).total_seconds())) if created is not None else None
-    return StuckSummary(int(count or 0), age if count else None)
+    return StuckSummary(count, age if count else None)
 
 
 def success_window(session: Session, *, window: float, stuck_after: float,
                    now: datetime | None = None) -> SuccessWindow:
     """COMPLETED, FAILED and stuck among the rows created in the last `window` seconds."""
-    from sqlalchemy import and_, case, func, select
-
     now = now or utcnow()
-    g = Generation
-    stuck = and_(g.status.in_(IN_FLIGHT), g.updated_at < now - timedelta(seconds=stuck_after))
-    completed, failed, stuck_count = session.execute(
-        select(func.count(case((g.status == COMPLETED, 1))),
-               func.count(case((g.status == FAILED, 1))),
-               func.count(case((stuck, 1))))
-        .where(g.created_at >= now - timedelta(seconds=window))
-    ).one()
-    return SuccessWindow(int(completed or 0), int(failed or 0), int(stuck_count or 0))
+    completed, failed, stuck = generations.outcomes_since(
+        session, since=now - timedelta(seconds=window),
+        stuck_cutoff=now - timedelta(seconds=stuck_after))
+    return SuccessWindow(completed, failed, stuck)
 
 
 def _stuck_check(summary: StuckSummary, limit: int) -> HealthCheck:
@@ -308,7 +279,7 @@ def assess(settings: Settings, limits: Thresholds, *, timeout: float = 5.0,
         stuck_after = settings.stuck_after
         database = Database(settings.database_url, connect_timeout=timeout)
         try:
-            with bounded_session(database, timeout) as session:
+            with database.bounded_session(timeout) as session:
                 report.stuck = stuck_summary(session, stuck_after=stuck_after, now=now)
                 report.window = success_window(session, window=limits.window_seconds,
                                                stuck_after=stuck_after, now=now)

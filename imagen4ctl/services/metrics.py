@@ -21,19 +21,18 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from imagen4ctl import __version__
-from imagen4ctl.db.models import COMPLETED, STATUSES, Generation, utcnow
+from imagen4ctl.db import generations
+from imagen4ctl.db.values import STATUSES, utcnow
 from imagen4ctl.errors import Imagen4ctlError
 from imagen4ctl.services.health import (
     COMPONENTS,
     HealthCheck,
-    bounded_session,
     probe_components,
     stuck_summary,
     success_window,
 )
 
 if TYPE_CHECKING:
-    from sqlalchemy import ColumnElement
     from sqlalchemy.orm import Session
 
     from imagen4ctl.db.session import Database
@@ -107,28 +106,10 @@ def exposition(families: list[Family]) -> str:
 def generation_counts(session: Session, *, max_kinds: int = MAX_KINDS,
                       max_other_statuses: int = MAX_OTHER_STATUSES
                       ) -> dict[tuple[str, str], int]:
-    """{(kind, status): rows}, kinds and unknown statuses past their limits folded into OTHER.
-
-    Three GROUP BY queries whose results are bounded by the limits, whatever the table holds.
-    """
-    from sqlalchemy import case, func, literal, select
-
-    g = Generation
-    kinds = list(session.scalars(
-        select(g.kind).group_by(g.kind).order_by(func.count().desc(), g.kind).limit(max_kinds)))
-    statuses = [*STATUSES, *session.scalars(
-        select(g.status).where(g.status.not_in(STATUSES)).group_by(g.status)
-        .order_by(func.count().desc(), g.status).limit(max_other_statuses))]
-    folded = select(
-        case((g.kind.in_(kinds), g.kind), else_=literal(OTHER)).label("kind"),
-        case((g.status.in_(statuses), g.status), else_=literal(OTHER)).label("status"),
-    ).subquery()
-    return {
-        (kind, status): int(count)
-        for kind, status, count in session.execute(
-            select(folded.c.kind, folded.c.status, func.count())
-            .group_by(folded.c.kind, folded.c.status))
-    }
+    """{(kind, status): rows}, kinds and unknown statuses past their limits folded into OTHER,
+    so that label values stay bounded whatever the bot writes."""
+    return generations.bounded_counts(session, max_kinds=max_kinds,
+                                      max_other_statuses=max_other_statuses, other=OTHER)
 
 
 @dataclass(frozen=True)
@@ -138,58 +119,14 @@ class LatencySummary:
     count: int
 
 
-def _latency_seconds(session: Session) -> ColumnElement[float]:
-    from sqlalchemy import Float, cast, extract, func
-
-    g = Generation
-    if session.get_bind().dialect.name == "sqlite":  # naive UTC text: julianday reads it
-        return (func.julianday(g.completed_at) - func.julianday(g.submitted_at)) * 86400.0
-    return cast(extract("epoch", g.completed_at - g.submitted_at), Float)
-
-
 def latency_summary(session: Session, *, window: float,
                     now: datetime | None = None) -> LatencySummary:
-    """Submission to completion (`submitted_at` → `completed_at`) of COMPLETED rows.
-
-    Quantiles as PostgreSQL's percentile_cont computes them (linear interpolation); SQLite
-    has no percentile, so it fetches the two rows around each rank with LIMIT/OFFSET.
-    """
-    from sqlalchemy import func, select
-
+    """Submission to completion (`submitted_at` → `completed_at`) of COMPLETED rows."""
     now = now or utcnow()
-    g = Generation
-    latency = _latency_seconds(session)
-    timed = (g.status == COMPLETED, g.submitted_at.is_not(None), g.completed_at.is_not(None),
-             g.completed_at >= g.submitted_at)
-    total, count = session.execute(select(func.sum(latency), func.count()).where(*timed)).one()
-    recent = (*timed, g.completed_at >= now - timedelta(seconds=window))
-    quantiles: dict[float, float | None]
-    if session.get_bind().dialect.name == "postgresql":
-        row = session.execute(select(
-            *(func.percentile_cont(q).within_group(latency) for q in QUANTILES)
-        ).where(*recent)).one()
-        quantiles = {q: float(v) if v is not None else None for q, v in zip(QUANTILES, row,
-                                                                            strict=True)}
-    else:
-        n = int(session.scalar(select(func.count()).where(*recent)) or 0)
-        quantiles = {q: _interpolated(session, latency, recent, q, n) for q in QUANTILES}
-    return LatencySummary(quantiles, float(total or 0.0), int(count or 0))
-
-
-def _interpolated(session: Session, latency: ColumnElement[float],
-                  where: tuple[ColumnElement[bool], ...], q: float, n: int) -> float | None:
-    from sqlalchemy import select
-
-    if n == 0:
-        return None
-    position = q * (n - 1)
-    low = math.floor(position)
-    values = [float(v) for v in session.scalars(
-        select(latency).where(*where).order_by(latency).limit(2).offset(low))]
-    if not values:
-        return None
-    high = values[1] if len(values) > 1 else values[0]
-    return values[0] + (position - low) * (high - values[0])
+    total, count = generations.latency_total(session)
+    quantiles = generations.latency_quantiles(
+        session, since=now - timedelta(seconds=window), quantiles=QUANTILES)
+    return LatencySummary(quantiles, total, count)
 
 
 # --------------------------------------------------------------------------- the families
@@ -254,7 +191,7 @@ class MetricsCollector:
         ]
         for part in parts:  # each on its own: an old schema without latency columns
             try:            # still gets its counts
-                with bounded_session(self.database(), self.timeout) as session:
+                with self.database().bounded_session(self.timeout) as session:
                     families += part(session)
             except Imagen4ctlError:
                 continue

@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import socket
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
-from imagen4ctl.db.reader import bind, pyformat
 from imagen4ctl.db.session import Database, parse_database_url
 from imagen4ctl.errors import DatabaseError, SchemaError
 from tests.factories import ago, bot_row, insert_rows
-
-
-def test_named_parameters_become_pyformat_and_percent_signs_stay_literal() -> None:
-    assert pyformat("SELECT 1 WHERE a = :a AND b LIKE 'x%' AND c::text = :c_2") == \
-        "SELECT 1 WHERE a = %(a)s AND b LIKE 'x%%' AND c::text = %(c_2)s"
-
-
-def test_datetimes_bind_as_sqlalchemys_sqlite_text() -> None:
-    moment = datetime(2026, 11, 26, 7, 30, 5, 123, tzinfo=timezone(timedelta(hours=2)))
-    assert bind(moment, "postgresql") is moment
-    assert bind(moment, "sqlite") == "2026-11-26 05:30:05.000123"
-    assert bind(moment.replace(tzinfo=None), "sqlite") == "2026-11-26 07:30:05.000123"
 
 
 def test_rows_and_times_compare_as_written(migrated_db: str) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from imagen4ctl.adapters.storage import LocalStorage
+from imagen4ctl.db import generations
 from imagen4ctl.db import writer as writer_module
 from imagen4ctl.db.models import Generation
 from imagen4ctl.db.session import Database
@@ -34,9 +35,10 @@ def test_rows_written_read_back_through_the_orm_unchanged(migrated_db: str,
     before = datetime.now(UTC)
     [first, second] = service.create_many([spec, GenerationSpec("u1", "a lighthouse")])
     done = datetime(2026, 11, 26, 7, 30, 5, 123456, tzinfo=UTC)
-    assert service._update(first, ["PENDING"], status="COMPLETED", completed_at=done,
-                           result_urls=["g/u1/1-0.png", "g/u1/1-1.png"], fal_request_id="r-1")
-    assert not service._update(first, ["PENDING"], status="FAILED")  # it moved on
+    assert generations.change_state(db, first, ["PENDING"], status="COMPLETED",
+                                    completed_at=done, fal_request_id="r-1",
+                                    result_urls=["g/u1/1-0.png", "g/u1/1-1.png"])
+    assert not generations.change_state(db, first, ["PENDING"], status="FAILED")  # moved on
     with db.session() as session:
         row = session.get(Generation, first)
         assert row is not None
@@ -114,7 +116,8 @@ def test_only_known_columns_can_be_set(migrated_db: str, tmp_path: Path) -> None
     service = service_on(Database(migrated_db), tmp_path)
     [generation_id] = service.create_many([GenerationSpec("u1", "a lighthouse")])
     with pytest.raises(AssertionError, match="user_id"):
-        service._update(generation_id, ["PENDING"], user_id="someone else")
+        generations.change_state(service.database, generation_id, ["PENDING"],
+                                 user_id="someone else")
     service.database.dispose()
 
 
@@ -132,7 +135,7 @@ def test_this_processs_sqlite_writers_take_turns_instead_of_meeting_the_busy_tim
     def churn(generation_id: int) -> None:
         try:
             for n in range(10):
-                service._update(generation_id, ["PENDING"], error=f"attempt {n}")
+                generations.change_state(db, generation_id, ["PENDING"], error=f"attempt {n}")
         except BaseException as e:  # noqa: BLE001 - collected for the assertion
             failures.append(e)
 

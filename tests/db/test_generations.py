@@ -1,0 +1,110 @@
+"""The one way into `generations`: its row type, and its statements on both databases."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from imagen4ctl.db import generations
+from imagen4ctl.db.generations import COLUMNS, GenerationRow, NewGeneration, Statements
+from imagen4ctl.db.session import Database
+from imagen4ctl.db.tables import generations as table
+from tests.factories import ago, bot_row, insert_rows
+
+
+def test_the_row_type_has_every_column_in_the_tables_order() -> None:
+    assert COLUMNS == tuple(c.name for c in table.columns)
+    assert tuple(f.name for f in fields(GenerationRow)) == (*COLUMNS, "read_at")
+
+
+def test_ages_count_from_when_the_row_was_read() -> None:
+    now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    row = GenerationRow(1, created_at=now - timedelta(hours=2, seconds=0.5),
+                        updated_at=now + timedelta(seconds=5), read_at=now)
+    assert (row.age_seconds, row.state_seconds) == (7200, 0)  # a clock behind the writer's: 0
+    assert GenerationRow(2, read_at=now).age_seconds == 0
+    with pytest.raises(AssertionError, match="without a clock"):
+        _ = GenerationRow(3, created_at=now).age_seconds
+
+
+def test_the_report_statements_are_the_benchmarked_ones() -> None:
+    """bench/stats.py replays these through psql and EXPLAIN: a change must be deliberate."""
+    fleet, user = Statements(False, False), Statements(True, False)
+    assert fleet.counts == "SELECT kind, status, count(*) FROM generations GROUP BY kind, status"
+    assert fleet.users == ("SELECT count(*) FROM (SELECT DISTINCT user_id FROM generations) "
+                           "AS scoped")
+    assert user.stuck == (
+        "SELECT id, user_id, kind, status, fal_request_id, created_at, updated_at FROM "
+        "generations WHERE user_id = :user_id AND status IN ('PENDING', 'PROCESSING') AND "
+        "updated_at < :cutoff ORDER BY created_at, id LIMIT :limit")
+    assert Statements(True, True).recent == (
+        "SELECT id, kind, prompt, result_urls FROM generations WHERE user_id = :user_id AND "
+        "kind = :kind AND status = 'COMPLETED' ORDER BY updated_at DESC, id DESC LIMIT :recent")
+
+
+def test_the_seeding_lock_key_is_stable() -> None:
+    """Runs of different versions must take the same PostgreSQL advisory lock."""
+    assert generations.lock_key("42") == 1439091265015293712
+
+
+def test_stuck_rows_stream_oldest_first_with_aware_times_and_decoded_params(
+        migrated_db: str) -> None:
+    insert_rows(migrated_db, [
+        bot_row("1", "imagen4", "PENDING", age=timedelta(hours=1), params={"seed": 7}),
+        bot_row("2", "imagen4", "PROCESSING", age=timedelta(hours=3), fal_request_id="r-2"),
+        bot_row("3", "imagen4", "PENDING", age=timedelta(minutes=1)),  # not stuck yet
+        bot_row("4", "avatar", "PENDING", age=timedelta(hours=2)),  # another kind
+        bot_row("5", "imagen4", "COMPLETED", age=timedelta(hours=4)),
+    ])
+    db = Database(migrated_db)
+    rows = list(generations.stream_stuck(db, kind="imagen4", cutoff=ago(minutes=30)))
+    assert [(r.user_id, r.status, r.fal_request_id) for r in rows] == \
+        [("2", "PROCESSING", "r-2"), ("1", "PENDING", None)]
+    assert rows[1].params == {"seed": 7} and rows[0].params is None
+    assert all(r.created_at is not None and r.created_at.tzinfo is UTC for r in rows)
+    only = generations.stream_stuck(db, kind="imagen4", cutoff=ago(minutes=30), user_id="1",
+                                    limit=5)
+    assert [r.user_id for r in only] == ["1"]
+    db.dispose()
+
+
+def test_insert_new_skips_what_is_done_or_in_flight(migrated_db: str) -> None:
+    insert_rows(migrated_db, [bot_row("7", "imagen4", "COMPLETED", prompt="a"),
+                              bot_row("7", "imagen4", "FAILED", prompt="b")])
+    db = Database(migrated_db)
+    rows = [NewGeneration("7", "imagen4", prompt, "1:1") for prompt in ("a", "b", "b", "c")]
+    ids = generations.insert_new(db, rows)
+    assert ids[0] is None and ids[2] is None  # done; the same spec twice in one call
+    assert ids[1] is not None and ids[3] is not None
+    assert generations.taken_pairs(db, "7", "imagen4") == {("a", "1:1"), ("b", "1:1"),
+                                                           ("c", "1:1")}
+    db.dispose()
+
+
+def test_a_claim_holds_the_row_until_released(migrated_db: str) -> None:
+    db = Database(migrated_db)
+    [row_id] = generations.insert_many(db, [NewGeneration("8", "imagen4", "p", "1:1")])
+    now = datetime.now(UTC)
+
+    def claim(owner: str, status: str = "PENDING") -> bool:
+        return generations.claim(db, row_id, owner=owner, status=status, fal_request_id=None,
+                                 submit_marked=False, now=now,
+                                 stale_before=now - timedelta(minutes=15),
+                                 is_dead=lambda _owner: False)
+
+    assert not claim("a", status="PROCESSING")  # not as read
+    assert claim("a") and not claim("b")
+    assert not generations.change_claimed(db, row_id, expected="PENDING", owner="b",
+                                          error="not ours")
+    assert generations.change_claimed(db, row_id, expected="PENDING", owner="a",
+                                      status="FAILED", error="ours")
+    generations.release(db, row_id, owner="a")
+    assert claim("b", status="FAILED")
+    row = generations.get(db, row_id)
+    assert row is not None and (row.status, row.error, row.claimed_by) == ("FAILED", "ours", "b")
+    assert not generations.delete_claimed(db, row_id, expected="PENDING", owner="b")
+    assert generations.delete_claimed(db, row_id, expected="FAILED", owner="b")
+    assert generations.get(db, row_id) is None
+    db.dispose()
