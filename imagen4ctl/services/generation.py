@@ -10,22 +10,14 @@ the transaction").
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from imagen4ctl.adapters.download import (
-    ImageRejected,
-    download_client,
-    load_image_support,
-    open_image,
-)
+from imagen4ctl.adapters.download import ImageRejected
 from imagen4ctl.adapters.fal import (
     Deadline,
     FalAdapter,
@@ -33,17 +25,9 @@ from imagen4ctl.adapters.fal import (
     FalSubmissionUnknown,
     FalTimeout,
 )
-from imagen4ctl.db.values import (
-    COMPLETED,
-    FAILED,
-    IMAGEN4,
-    IN_FLIGHT,
-    PENDING,
-    PROCESSING,
-    sql_list,
-    utcnow,
-)
-from imagen4ctl.db.writer import Writer, in_list
+from imagen4ctl.db import generations
+from imagen4ctl.db.values import COMPLETED, FAILED, IMAGEN4, PENDING, PROCESSING, utcnow
+from imagen4ctl.endpoints import DEFAULT_ENDPOINT, ENDPOINTS, Endpoint
 from imagen4ctl.errors import (
     FalCredentialsMissing,
     FalError,
@@ -52,34 +36,18 @@ from imagen4ctl.errors import (
     GenerationPending,
     Imagen4ctlError,
     StorageError,
-    UsageError,
 )
-from imagen4ctl.keys import object_key, validate_user_id
-from imagen4ctl.settings import crash_point
+from imagen4ctl.keys import validate_user_id
+from imagen4ctl.services.images import MAX_UPLOADS, ImageStore
+from imagen4ctl.services.outcome import Outcome, Progress, ProgressCallback
+from imagen4ctl.services.pacing import FalSlot, PollSchedule
+from imagen4ctl.settings import NO_FAL_KEY, crash_point
 
 if TYPE_CHECKING:
-    import httpx
-
     from imagen4ctl.adapters.storage import Storage
     from imagen4ctl.db.session import Database
 
-ASPECT_RATIOS = ("1:1", "16:9", "9:16", "3:4", "4:3")
-RESOLUTIONS = ("1K", "2K")
-MAX_PROMPT_CHARS = 4000
-LINK_EXPIRY = timedelta(hours=1)
 FIX_PENDING_HINT = "`imagen4ctl fix-pending` will collect it."
-# An S3 upload holds up to a whole image in memory (minio buffers a part, and the previous one
-# while it reads the last). Uploads run on this many threads of their own, whatever
-# --concurrency: glibc keeps such buffers in the arena of the thread that freed them, so
-# uploads spread over 16 threads kept ~16 images resident even with fewer in flight.
-MAX_UPLOADS = 8
-# A (user, prompt, ratio) with such a row is not generated again by seeding: done or on its way.
-_TAKEN = f"status IN {sql_list((COMPLETED, *IN_FLIGHT))}"
-# The columns a state change may set (they are named in the SQL, never taken from input).
-_UPDATABLE = frozenset({
-    "status", "fal_request_id", "result_urls", "error", "updated_at", "submit_started_at",
-    "submitted_at", "completed_at",
-})
 
 
 @dataclass(frozen=True)
@@ -88,8 +56,8 @@ class GenerationSpec:
 
     user_id: str
     prompt: str
-    aspect_ratio: str = "1:1"
-    num_images: int = 1
+    aspect_ratio: str = ENDPOINTS[DEFAULT_ENDPOINT].default_aspect_ratio
+    num_images: int = ENDPOINTS[DEFAULT_ENDPOINT].default_num_images
     seed: int | None = None
     negative_prompt: str | None = None
     resolution: str | None = None
@@ -97,206 +65,22 @@ class GenerationSpec:
 
     def __post_init__(self) -> None:
         validate_user_id(self.user_id)
-        validate_prompt(self.prompt)
-        if self.aspect_ratio not in ASPECT_RATIOS:
-            raise UsageError(f"aspect ratio {self.aspect_ratio!r} is not one of "
-                             f"{', '.join(ASPECT_RATIOS)}")
-        if not 1 <= self.num_images <= 4:
-            raise UsageError(f"--num-images must be 1 to 4, not {self.num_images}")
-        if self.resolution is not None and self.resolution not in RESOLUTIONS:
-            raise UsageError(f"resolution {self.resolution!r} is not one of 1K, 2K")
-        if self.seed is not None and not 0 <= self.seed < 2**32:
-            raise UsageError(f"seed must be between 0 and {2**32 - 1}")
-        if self.negative_prompt is not None:
-            validate_prompt(self.negative_prompt, what="negative prompt")
+        self.endpoint.check(**self._input())
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The rules a spec is held to: IMAGEN4_MODEL may name any id (a proxy's, the
+        emulator's), and every one takes Imagen 4 preview's input."""
+        return ENDPOINTS[DEFAULT_ENDPOINT]
 
     def arguments(self) -> dict[str, Any]:
         """fal's Imagen 4 input."""
-        args: dict[str, Any] = {"prompt": self.prompt, "aspect_ratio": self.aspect_ratio,
-                                "num_images": self.num_images}
-        optional = {"seed": self.seed, "negative_prompt": self.negative_prompt,
-                    "resolution": self.resolution}
-        args.update({k: v for k, v in optional.items() if v is not None})
-        return args
+        return self.endpoint.arguments(**self._input())
 
-
-def validate_prompt(prompt: str, *, what: str = "prompt") -> str:
-    if not prompt.strip():
-        raise UsageError(f"the {what} is empty")
-    if "\x00" in prompt:
-        raise UsageError(f"the {what} contains a NUL character")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise UsageError(f"the {what} has {len(prompt):,} characters; the limit is "
-                         f"{MAX_PROMPT_CHARS:,}")
-    return prompt
-
-
-@dataclass(frozen=True)
-class StoredImage:
-    key: str
-    url: str
-    width: int | None
-    height: int | None
-    content_type: str
-    size: int
-
-
-@dataclass
-class Outcome:
-    """How one generation ended (or where it stopped): the JSON of `generate`."""
-
-    id: int | None
-    user_id: str
-    status: str
-    fal_request_id: str | None = None
-    images: list[StoredImage] = field(default_factory=list)
-    error: str | None = None
-    seconds: float = 0.0
-    prompt: str = ""
-    aspect_ratio: str | None = None
-    exception: Imagen4ctlError | None = field(default=None, repr=False)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "user_id": self.user_id, "status": self.status,
-            "fal_request_id": self.fal_request_id,
-            "images": [asdict(i) for i in self.images],
-            "error": self.error, "seconds": round(self.seconds, 3),
-        }
-
-
-@dataclass(frozen=True)
-class Progress:
-    """What a generation is doing now, for a live status line."""
-
-    generation_id: int
-    phase: str  # submitting, queued, running, downloading, stored, completed, failed, pending
-    detail: str = ""
-    queue_position: int | None = None
-
-
-ProgressCallback = Callable[[Progress], None]
-
-
-class FalSlot:
-    """One of a batch's `--concurrency` places at fal, held from submission until fal reports
-    the final status: the result is then fetched and stored while the next generation runs.
-
-    Taken (waiting for a free place) on construction; `release` gives it back once, however
-    often it is called, so every path of `GenerationService.run` can call it.
-    """
-
-    def __init__(self, places: threading.Semaphore,
-                 submitted: threading.Event | None = None) -> None:
-        places.acquire()
-        self._places = places
-        self._lock = threading.Lock()
-        self._held = True
-        self._submitted = submitted
-
-    def submitted(self) -> None:
-        """fal has answered the submission (or it failed): sets the event given, if any."""
-        if self._submitted is not None:
-            self._submitted.set()
-
-    def release(self) -> None:
-        self.submitted()
-        with self._lock:
-            held, self._held = self._held, False
-        if held:
-            self._places.release()
-
-
-class PollSchedule:
-    """When to ask fal for a status again: every `interval` (fal_client's own 0.1 s), but at
-    the moment this run's finished requests to the same endpoint say a request is done.
-
-    Each finished request was seen unfinished at one time and COMPLETED by another (seconds
-    after its submission); the last `keep` of those intervals per endpoint are kept.
-
-    - When they overlap (one latency explains them all, as with a model of steady speed), a
-      request is done by the earliest COMPLETED time among them, `hi`: it is asked once then,
-      then every `dense` seconds for `half_window`, then every `interval` again.
-    - When they do not (Imagen 4's latency varies by seconds), polls are dense only in a
-      window of ± `half_window` around the median of their midpoints.
-
-    Either way a generation pays at most a few extra calls however late it completes. A
-    completion recorded while requests sleep re-plans them: one whose last call went out
-    before the time a request is due (`hi`, or the median), and that is past it, asks at
-    once (a batch's first wave is submitted together and finishes together). Thread-safe:
-    one schedule serves all generations of a run.
-    """
-
-    def __init__(self, *, dense: float = 0.01, half_window: float = 0.03, keep: int = 16) -> None:
-        self.dense = dense
-        self.half_window = half_window
-        self._keep = keep
-        self._recorded = threading.Condition()
-        self._completions: dict[str, deque[tuple[float, float]]] = {}
-
-    def record(self, endpoint: str, unfinished_at: float, completed_at: float) -> None:
-        """A request seen unfinished at `unfinished_at` and COMPLETED by `completed_at`
-        (seconds after its submission)."""
-        with self._recorded:
-            times = self._completions.setdefault(endpoint, deque(maxlen=self._keep))
-            times.append((unfinished_at, completed_at))
-            self._recorded.notify_all()
-
-    def expected(self, endpoint: str) -> float | None:
-        """When a request is expected to complete, seconds after its submission."""
-        with self._recorded:
-            window = self._window(endpoint)
-        return None if window is None else (window[0] + window[1]) / 2
-
-    def delay(self, endpoint: str, elapsed: float, interval: float,
-              asked: float | None = None) -> float:
-        """Seconds to wait before the next status call, `elapsed` seconds after submission;
-        `asked`: when the last call went out."""
-        with self._recorded:
-            return self._delay(endpoint, elapsed, interval, asked)
-
-    def sleep(self, endpoint: str, submitted: float, interval: float, delay: float,
-              asked: float | None = None) -> None:
-        """Sleep `delay` seconds, or less when a completion recorded meanwhile says the request
-        is due sooner; `submitted` is the request's submission time (monotonic clock) and
-        `asked` when its last status call went out (seconds after submission)."""
-        wake = time.monotonic() + delay
-        with self._recorded:
-            while (remaining := wake - time.monotonic()) > 0:
-                if self._recorded.wait(remaining):
-                    now = time.monotonic()
-                    wake = min(wake, now + self._delay(endpoint, now - submitted, interval,
-                                                       asked))
-
-    def _window(self, endpoint: str) -> tuple[float, float, bool] | None:
-        """(from, to, whether one latency explains every recorded completion)."""
-        times = self._completions.get(endpoint)
-        if not times:
-            return None
-        lo, hi = max(t[0] for t in times), min(t[1] for t in times)
-        if lo < hi:
-            return lo, hi, True
-        middle = statistics.median((a + b) / 2 for a, b in times)
-        return middle - self.half_window, middle + self.half_window, False
-
-    def _delay(self, endpoint: str, elapsed: float, interval: float,
-               asked: float | None = None) -> float:
-        window = self._window(endpoint)
-        if window is None:
-            return interval
-        lo, hi, steady = window
-        due = hi if steady else (lo + hi) / 2
-        if asked is not None and asked < due <= elapsed:
-            return 0.0  # due since its last call: ask now
-        if steady:
-            if elapsed < hi:
-                return min(interval, hi - elapsed)  # asked once when it is due
-            return min(self.dense, interval) if elapsed < hi + self.half_window else interval
-        if elapsed >= hi:
-            return interval
-        if elapsed >= lo:
-            return min(self.dense, interval)
-        return min(interval, lo - elapsed)  # wake up at the window's start
+    def _input(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "aspect_ratio": self.aspect_ratio,
+                "num_images": self.num_images, "seed": self.seed,
+                "negative_prompt": self.negative_prompt, "resolution": self.resolution}
 
 
 class GenerationService:
@@ -320,77 +104,42 @@ class GenerationService:
         self.max_image_bytes = max_image_bytes
         self.trusted_hosts = trusted_hosts
         self.poll_interval = poll_interval
-        self._uploads = ThreadPoolExecutor(max_workers=MAX_UPLOADS,
-                                           thread_name_prefix="upload")
+        # MAX_UPLOADS is read here, at construction, so that bench/memory.py can try others.
+        self.images = ImageStore(storage, prefix=prefix, max_image_bytes=max_image_bytes,
+                                 trusted_hosts=trusted_hosts, uploads=MAX_UPLOADS)
         self._polls = PollSchedule()
-        self._download_client: httpx.Client | None = None
-        self._download_lock = threading.Lock()
-        self._prepared = False
-
-    def _downloads(self) -> httpx.Client:
-        """One client for this run's image downloads: the CA bundle loads once, and
-        connections to fal's file host are reused."""
-        with self._download_lock:
-            if self._download_client is None:
-                self._download_client = download_client()
-            return self._download_client
-
-    def _prepare_storing(self) -> None:
-        """Once, on a thread of its own: load what storing an image needs (Pillow, the
-        download client) while the first generations are at fal. Left to the first image, it
-        ran when a whole batch's first wave finished at once and delayed every status call."""
-        with self._download_lock:
-            if self._prepared:
-                return
-            self._prepared = True
-
-        def prepare() -> None:
-            load_image_support()
-            self._downloads()
-
-        threading.Thread(target=prepare, name="prepare-storing", daemon=True).start()
 
     # --- preflight and rows ---
 
-    def _require_fal(self) -> FalAdapter:
+    def require_fal(self, spared: str = "nothing was written") -> FalAdapter:
+        """The one place where a missing fal key becomes an error; `spared` tells the user
+        what was left alone because of it."""
         if self.fal is None:
             raise FalCredentialsMissing(
-                "no fal key: FAL_KEY is not set (nothing was written)",
+                f"{NO_FAL_KEY} ({spared})",
                 hint="Set FAL_KEY (or FAL_API_KEY); see `imagen4ctl check-config`.",
             )
         return self.fal
 
     def preflight(self) -> FalAdapter:
         """What can be checked cheaply before a row is written and anything is paid."""
-        from imagen4ctl.adapters.storage import LocalStorage
         from imagen4ctl.db.migrate import require_current
 
-        fal = self._require_fal()
+        fal = self.require_fal()
         require_current(self.database)
-        if isinstance(self.storage, LocalStorage) and not self.storage.bucket_exists():
-            try:
-                self.storage.root.mkdir(parents=True, exist_ok=True)  # IMAGES_DIR on first use
-            except OSError as e:
-                raise StorageError(f"cannot create {self.storage.describe()}: {e.strerror}",
-                                   hint="Point IMAGES_DIR at a writable folder.") from e
+        self.storage.create_if_missing()  # IMAGES_DIR on first use; a bucket never
         if not self.storage.bucket_exists():
             raise StorageError(f"{self.storage.describe()} does not exist (nothing was written)",
                                hint="Create it, or set MINIO_BUCKET / IMAGES_DIR.")
         return fal
 
-    def _insert(self, db: Writer, spec: GenerationSpec) -> int:
-        """A PENDING row for `spec`; its id."""
+    def _new_row(self, spec: GenerationSpec) -> generations.NewGeneration:
+        """A PENDING row for `spec`."""
         params = {k: v for k, v in spec.arguments().items() if k not in {"prompt",
                                                                           "aspect_ratio"}}
-        now = utcnow()
-        return int(db.value(
-            "INSERT INTO generations (user_id, kind, status, prompt, aspect_ratio, "
-            "fal_endpoint, params, created_at, updated_at) VALUES (:user_id, :kind, "
-            ":status, :prompt, :aspect_ratio, :fal_endpoint, :params, :now, :now) "
-            "RETURNING id",
-            user_id=spec.user_id, kind=spec.kind, status=PENDING, prompt=spec.prompt,
-            aspect_ratio=spec.aspect_ratio, fal_endpoint=self.model,
-            params=params, now=now))
+        return generations.NewGeneration(spec.user_id, spec.kind, spec.prompt,
+                                         spec.aspect_ratio, fal_endpoint=self.model,
+                                         params=params)
 
     def create(self, spec: GenerationSpec) -> int:
         return self.create_many([spec])[0]
@@ -398,21 +147,11 @@ class GenerationService:
     def create_many(self, specs: Sequence[GenerationSpec]) -> list[int]:
         """PENDING rows for `specs`, in order, with one commit: on SQLite each commit costs
         several fsyncs, and a batch of 100 waited ~2 s for its rows one by one."""
-        with self.database.write() as db:
-            return [self._insert(db, spec) for spec in specs]
+        return generations.insert_many(self.database, [self._new_row(s) for s in specs])
 
     def _update(self, generation_id: int, expected: Sequence[str], **values: Any) -> bool:
         """One committed, conditional state change; False when the row moved on meanwhile."""
-        values.setdefault("updated_at", utcnow())
-        unknown = values.keys() - _UPDATABLE
-        assert not unknown, f"not a column imagen4ctl updates: {sorted(unknown)}"
-        states, state_params = in_list("state", expected)
-        assignments = ", ".join(f"{name} = :{name}" for name in values)
-        with self.database.write() as db:
-            return db.execute(
-                f"UPDATE generations SET {assignments} "  # noqa: S608 (names from _UPDATABLE)
-                f"WHERE id = :generation_id AND status IN {states}",
-                generation_id=generation_id, **state_params, **values) > 0
+        return generations.change_state(self.database, generation_id, expected, **values)
 
     def _fail(self, outcome: Outcome, reason: str, expected: Sequence[str]) -> None:
         reason = " ".join(reason.split())[:500]
@@ -450,7 +189,7 @@ class GenerationService:
         A batch's `slot` is released as soon as fal reports the final status (or the
         generation stops earlier), before the images are stored.
         """
-        fal = self._require_fal()
+        fal = self.require_fal()
         started = time.monotonic()
         outcome = Outcome(generation_id, spec.user_id, PENDING, prompt=spec.prompt,
                           aspect_ratio=spec.aspect_ratio)
@@ -481,7 +220,7 @@ class GenerationService:
             outcome.status, outcome.fal_request_id = PROCESSING, request_id
             if not wait:
                 return outcome
-            self._prepare_storing()
+            self.images.prepare()
             self._collect(outcome, endpoint, request_id, spec.user_id, deadline, notify,
                           submission.sent_at, slot)
             return outcome
@@ -497,15 +236,7 @@ class GenerationService:
             outcome.seconds = time.monotonic() - started
 
     def _record_submission(self, generation_id: int, request_id: str) -> None:
-        now = utcnow()
-        if not self._update(generation_id, [PENDING], status=PROCESSING,
-                            fal_request_id=request_id, submitted_at=now, error=None):
-            # Another run changed the status meanwhile: still keep the paid request's id.
-            with self.database.write() as db:
-                db.execute("UPDATE generations SET fal_request_id = :request_id, "
-                           "submitted_at = :now WHERE id = :generation_id "
-                           "AND fal_request_id IS NULL",
-                           request_id=request_id, now=now, generation_id=generation_id)
+        generations.record_submission(self.database, generation_id, request_id)
 
     def _collect(
         self,
@@ -550,7 +281,7 @@ class GenerationService:
             return
         notify(Progress(outcome.id, "downloading", f"{len(result.images)} image(s)"))
         try:
-            outcome.images = self.store_images(outcome.id, user_id,
+            outcome.images = self.images.store(outcome.id, user_id,
                                                [i.url for i in result.images], deadline)
         except ImageRejected as e:
             self._fail(outcome, e.message, [PROCESSING, PENDING])
@@ -665,33 +396,6 @@ class GenerationService:
             f"generation {outcome.id} is still running at fal after {seconds:g}s; "
             "the row stays PROCESSING", hint=FIX_PENDING_HINT)
 
-    def store_images(
-        self, generation_id: int, user_id: str, urls: Iterable[str], deadline: Deadline
-    ) -> list[StoredImage]:
-        """All or nothing: a failure removes the images of this generation already stored."""
-        stored: list[StoredImage] = []
-        try:
-            for n, url in enumerate(urls):
-                with open_image(url, max_bytes=self.max_image_bytes, deadline=deadline,
-                                trusted_hosts=self.trusted_hosts,
-                                client=self._downloads()) as (head, stream):
-                    key = object_key(self.prefix, user_id, generation_id, n, head.ext)
-                    crash_point("downloading")
-                    info = self._uploads.submit(
-                        self.storage.put_stream, key, stream, content_type=head.content_type,
-                        length=head.length).result()
-                stored.append(StoredImage(key, self.storage.presigned_url(key, LINK_EXPIRY),
-                                          head.width, head.height, head.content_type, info.size))
-                crash_point("uploading")  # some images stored, the row not yet updated
-        except BaseException:
-            for image in stored:
-                try:
-                    self.storage.delete(image.key)
-                except StorageError:
-                    pass
-            raise
-        return stored
-
     # --- batches ---
 
     def run_batch(
@@ -743,38 +447,12 @@ class GenerationService:
     def create_unique(self, specs: Sequence[GenerationSpec]) -> list[tuple[int, GenerationSpec]]:
         """Insert rows for the specs whose (user, kind, prompt, ratio) has no COMPLETED or
         in-flight row yet, in one transaction that concurrent runs serialize on."""
-        created: list[tuple[int, GenerationSpec]] = []
-        users = sorted({spec.user_id for spec in specs})
-        in_users, user_params = in_list("user", users)
-        with self.database.write(exclusive=True) as db:  # SQLite: its one writer lock
-            if not self.database.is_sqlite:
-                for user in users:
-                    db.execute("SELECT pg_advisory_xact_lock(:key)", key=_lock_key(user))
-            existing = set(db.rows(
-                "SELECT user_id, kind, prompt, aspect_ratio FROM generations "
-                f"WHERE user_id IN {in_users} AND {_TAKEN}", **user_params))  # noqa: S608
-            for spec in specs:
-                identity = (spec.user_id, spec.kind, spec.prompt, spec.aspect_ratio)
-                if identity in existing:
-                    continue
-                existing.add(identity)
-                created.append((self._insert(db, spec), spec))
-        return created
+        ids = generations.insert_new(self.database, [self._new_row(s) for s in specs])
+        return [(id_, spec) for id_, spec in zip(ids, specs, strict=True) if id_ is not None]
 
     def existing_pairs(self, user_id: str, kind: str = IMAGEN4) -> set[tuple[str, str | None]]:
         """(prompt, aspect ratio) pairs this user has COMPLETED or in flight: seeding skips them."""
-        with self.database.read() as db:
-            return {(prompt, ratio) for prompt, ratio in db.rows(
-                "SELECT DISTINCT prompt, aspect_ratio FROM generations WHERE user_id = :user "
-                f"AND kind = :kind AND {_TAKEN}", user=user_id, kind=kind)}  # noqa: S608
-
-
-def _lock_key(user_id: str) -> int:
-    """A stable 63-bit advisory-lock key for seeding one user's gallery."""
-    import hashlib
-
-    digest = hashlib.sha256(f"imagen4ctl-seed:{user_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+        return generations.taken_pairs(self.database, user_id, kind)
 
 
 def _with_hint(error: Imagen4ctlError, cause: Imagen4ctlError) -> Imagen4ctlError:

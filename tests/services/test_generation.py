@@ -23,13 +23,9 @@ from imagen4ctl.db.models import Generation
 from imagen4ctl.db.session import Database, parse_database_url
 from imagen4ctl.emulator import FalEmulator
 from imagen4ctl.emulator.log import RequestLog
-from imagen4ctl.services.generation import (
-    FalSlot,
-    GenerationService,
-    GenerationSpec,
-    PollSchedule,
-    Progress,
-)
+from imagen4ctl.services.generation import GenerationService, GenerationSpec
+from imagen4ctl.services.outcome import Progress
+from imagen4ctl.services.pacing import FalSlot, PollSchedule
 
 KEY = "emulator-key-0001"
 MODEL = "fal-ai/imagen4/preview"

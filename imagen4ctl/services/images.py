@@ -1,0 +1,128 @@
+"""Storing a generation's images: each is streamed from fal's URL into storage under its
+object key, all or nothing. Generation, fix-pending and reconcile all store through here."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from imagen4ctl.adapters.download import download_client, load_image_support, open_image
+from imagen4ctl.errors import StorageError
+from imagen4ctl.keys import object_key
+from imagen4ctl.settings import crash_point
+
+if TYPE_CHECKING:
+    import httpx
+
+    from imagen4ctl.adapters.fal import Deadline
+    from imagen4ctl.adapters.storage import Storage
+
+LINK_EXPIRY = timedelta(hours=1)
+# An S3 upload holds up to a whole image in memory (minio buffers a part, and the previous one
+# while it reads the last). Uploads run on this many threads of their own, whatever
+# --concurrency: glibc keeps such buffers in the arena of the thread that freed them, so
+# uploads spread over 16 threads kept ~16 images resident even with fewer in flight.
+MAX_UPLOADS = 8
+_REMOTE = ("https://", "http://")
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    key: str
+    url: str
+    width: int | None
+    height: int | None
+    content_type: str
+    size: int
+
+
+def is_remote(entry: str) -> bool:
+    """A `result_urls` entry that is still a URL (fal's CDN), not an object key."""
+    return entry.startswith(_REMOTE)
+
+
+class ImageStore:
+    """Downloads fal's images and uploads them, with one download client and one upload pool
+    for the whole run."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        prefix: str,
+        max_image_bytes: int,
+        trusted_hosts: frozenset[str] = frozenset(),
+        uploads: int = MAX_UPLOADS,
+    ) -> None:
+        self.storage = storage
+        self.prefix = prefix
+        self.max_image_bytes = max_image_bytes
+        self.trusted_hosts = trusted_hosts
+        self._uploads = ThreadPoolExecutor(max_workers=uploads, thread_name_prefix="upload")
+        self._download_client: httpx.Client | None = None
+        self._download_lock = threading.Lock()
+        self._prepared = False
+
+    def _downloads(self) -> httpx.Client:
+        """One client for this run's image downloads: the CA bundle loads once, and
+        connections to fal's file host are reused."""
+        with self._download_lock:
+            if self._download_client is None:
+                self._download_client = download_client()
+            return self._download_client
+
+    def prepare(self) -> None:
+        """Once, on a thread of its own: load what storing an image needs (Pillow, the
+        download client) while the first generations are at fal. Left to the first image, it
+        ran when a whole batch's first wave finished at once and delayed every status call."""
+        with self._download_lock:
+            if self._prepared:
+                return
+            self._prepared = True
+
+        def prepare() -> None:
+            load_image_support()
+            self._downloads()
+
+        threading.Thread(target=prepare, name="prepare-storing", daemon=True).start()
+
+    def store(
+        self, generation_id: int, user_id: str, urls: Iterable[str], deadline: Deadline
+    ) -> list[StoredImage]:
+        """All or nothing: a failure removes the images of this generation already stored."""
+        stored: list[StoredImage] = []
+        try:
+            for n, url in enumerate(urls):
+                with open_image(url, max_bytes=self.max_image_bytes, deadline=deadline,
+                                trusted_hosts=self.trusted_hosts,
+                                client=self._downloads()) as (head, stream):
+                    key = object_key(self.prefix, user_id, generation_id, n, head.ext)
+                    crash_point("downloading")
+                    info = self._uploads.submit(
+                        self.storage.put_stream, key, stream, content_type=head.content_type,
+                        length=head.length).result()
+                stored.append(StoredImage(key, self.storage.presigned_url(key, LINK_EXPIRY),
+                                          head.width, head.height, head.content_type, info.size))
+                crash_point("uploading")  # some images stored, the row not yet updated
+        except BaseException:
+            for image in stored:
+                try:
+                    self.storage.delete(image.key)
+                except StorageError:
+                    pass
+            raise
+        return stored
+
+    def copy_remote(
+        self, generation_id: int, user_id: str, entries: list[str], deadline: Deadline
+    ) -> list[str]:
+        """`entries` (a row's `result_urls`) with each fal URL replaced by the key of its copy
+        in storage; keys already there stay as they are."""
+        stored = self.store(generation_id, user_id, [e for e in entries if is_remote(e)],
+                            deadline)
+        copied = iter(image.key for image in stored)
+        return [next(copied) if is_remote(entry) else entry for entry in entries]
