@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from imagen4ctl.adapters.storage import Storage
     from imagen4ctl.db.session import Database
     from imagen4ctl.services.generation import GenerationService
-    from imagen4ctl.services.recovery import Recovery, RecoveryOptions
+    from imagen4ctl.services.reconcile import Reconciler
+    from imagen4ctl.services.recovery import Recovery
+    from imagen4ctl.services.recovery_plan import RecoveryOptions
 
 
 @dataclass
@@ -73,6 +75,15 @@ class AppContext:
         return Recovery(self.generation_service(), default_model=settings.model,
                         platform_url=settings.platform_api_url,
                         fal_key=settings.fal_key.value or "", options=options)
+
+    def reconciler(self, *, kind: str, user_id: str | None, fix: bool) -> Reconciler:
+        """reconcile's engine: it repairs rows with fix-pending's, whatever their age."""
+        from imagen4ctl.services.reconcile import Reconciler
+        from imagen4ctl.services.recovery_plan import RecoveryOptions
+
+        recovery = self.recovery(RecoveryOptions(older_than=0, kind=kind, apply=fix))
+        return Reconciler(recovery, prefix=self.settings.images_prefix, kind=kind,
+                          user_id=user_id, fix=fix)
 
     def generation_service(self) -> GenerationService:
         from imagen4ctl.services.generation import GenerationService

@@ -78,6 +78,9 @@ SECRET_NAMES = frozenset(v.name for v in VARIABLES if v.secret)
 # a generation. Not a setting: check-config does not list it.
 CRASH_AT_VARIABLE = "IMAGEN4CTL_CRASH_AT"
 
+# What check-config says, and what a command that needs fal says, when no key is found.
+NO_FAL_KEY = "no fal key: FAL_KEY is not set"
+
 # fal_client's own variables that are legitimate but imagen4ctl does not read.
 _FOREIGN_KNOWN = frozenset({"FAL_HOME_DIR", "FAL_FORCE_AUTH_BY_USER", "FAL_PROFILE",
                             CRASH_AT_VARIABLE})
@@ -204,7 +207,7 @@ def resolve_fal_key(values: Mapping[str, Value]) -> FalKey:
     if key_id is not None and key_secret is not None:
         return FalKey(f"{key_id}:{key_secret}", "FAL_KEY_ID:FAL_KEY_SECRET", "ok",
                       "key from FAL_KEY_ID and FAL_KEY_SECRET")
-    return FalKey(None, None, "fail", "no fal key: FAL_KEY is not set",
+    return FalKey(None, None, "fail", NO_FAL_KEY,
                   "Set FAL_KEY (or FAL_API_KEY) to your fal.ai API key.")
 
 

@@ -12,7 +12,7 @@ from imagen4ctl.context import AppContext
 from imagen4ctl.output import STATUS_MARKS, JsonOption, console, print_json
 
 if TYPE_CHECKING:
-    pass
+    from imagen4ctl.services.doctor import DoctorReport
 
 
 def check_config(
@@ -38,21 +38,21 @@ def check_config(
     if json_out:
         print_json(report.to_json())
     else:
-        for check in report.checks:
-            console.print(f"{STATUS_MARKS[check.status]} {check.name}: {escape(check.message)}",
-                          soft_wrap=True)
-            if check.hint and check.status in {"fail", "warn"}:
-                console.print(f"    [dim]hint:[/] {escape(check.hint)}", soft_wrap=True)
-        console.print(_settings_table(report))
-        verdict = "ok" if report.ok else "failed"
-        console.print(f"check-config: {verdict}")
+        _render(report)
     raise typer.Exit(0 if report.ok else 1)
 
 
-def _settings_table(report: object) -> Table:
-    from imagen4ctl.services.doctor import DoctorReport
+def _render(report: DoctorReport) -> None:
+    for check in report.checks:
+        console.print(f"{STATUS_MARKS[check.status]} {check.name}: {escape(check.message)}",
+                      soft_wrap=True)
+        if check.hint and check.status in {"fail", "warn"}:
+            console.print(f"    [dim]hint:[/] {escape(check.hint)}", soft_wrap=True)
+    console.print(_settings_table(report))
+    console.print(f"check-config: {'ok' if report.ok else 'failed'}")
 
-    assert isinstance(report, DoctorReport)
+
+def _settings_table(report: DoctorReport) -> Table:
     table = Table(title="settings", title_justify="left")
     for column in ("variable", "value", "source", "read by"):
         table.add_column(column)

@@ -9,15 +9,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from imagen4ctl.commands.user_images import parse_duration_option
+from imagen4ctl.commands.options import UserFilterOption, parse_duration_option
 from imagen4ctl.context import AppContext
 from imagen4ctl.durations import format_duration
-from imagen4ctl.errors import FalCredentialsMissing, UsageError
+from imagen4ctl.errors import UsageError
 from imagen4ctl.keys import validate_user_id
 from imagen4ctl.output import JsonOption, console, info, print_json
 
 if TYPE_CHECKING:
-    from imagen4ctl.services.recovery import RecoveryReport
+    from imagen4ctl.services.recovery_plan import RecoveryReport
 
 
 def fix_pending(
@@ -27,7 +27,7 @@ def fix_pending(
                                  help="Only rows unchanged this long (default: STUCK_AFTER).")
     ] = None,
     kind: Annotated[str, typer.Option("--kind", help="Only this kind.")] = "imagen4",
-    user_id: Annotated[str | None, typer.Option("--user-id", show_default=False)] = None,
+    user_id: UserFilterOption = None,
     apply: Annotated[bool, typer.Option("--apply", help="Carry the plan out.")] = False,
     resubmit: Annotated[
         bool, typer.Option("--resubmit", help="Submit never-submitted rows now, on the same row.")
@@ -62,8 +62,8 @@ def fix_pending(
 
     Example: imagen4ctl fix-pending --apply --resubmit
     """
-    from imagen4ctl.services.recovery import RecoveryOptions
-    from imagen4ctl.services.recovery import restore as restore_rows
+    from imagen4ctl.services.backup import restore as restore_rows
+    from imagen4ctl.services.recovery_plan import RecoveryOptions
 
     if user_id is not None:
         validate_user_id(user_id)
@@ -80,19 +80,7 @@ def fix_pending(
         kind=kind, user_id=user_id, apply=apply, resubmit=resubmit, force=force, delete=delete,
         backup=backup, limit=limit, concurrency=concurrency, timeout=timeout,
     )
-    recovery = app.recovery(options)
-    service = recovery.service
-    candidates = recovery.candidates()
-    if candidates:
-        if service.fal is None:
-            raise FalCredentialsMissing("no fal key: FAL_KEY is not set (no row was touched)",
-                                        hint="Set FAL_KEY (or FAL_API_KEY).")
-        recovery.check_fal(timeout=min(timeout, 10.0))
-    report = recovery.plan(candidates)
-    if apply and any(i.action in {"recover", "resubmit"} for i in report.items):
-        service.preflight()
-    if apply:
-        recovery.apply(report)
+    report = app.recovery(options).run()
     if json_out:
         print_json(report.to_json())
     else:

@@ -8,25 +8,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from imagen4ctl.commands.batch import read_prompt_file, run_and_report
+from imagen4ctl.commands._batch import read_prompt_file, run_and_report
+from imagen4ctl.commands.options import TimeoutOption, UserIdOption, resolve_user_id
 from imagen4ctl.context import AppContext
 from imagen4ctl.errors import UsageError
 from imagen4ctl.output import JsonOption, console, live_status, print_json
 
 if TYPE_CHECKING:
-    from imagen4ctl.services.generation import Outcome, Progress
-
-TimeoutOption = Annotated[
-    float | None,
-    typer.Option("--timeout", min=0.1, show_default=False,
-                 help="Deadline in seconds for the whole command, submission included "
-                 "(default: IMAGEN4_TIMEOUT, 5m)."),
-]
-UserIdOption = Annotated[
-    str | None,
-    typer.Option("--user-id", show_default=False,
-                 help="Whose generation it is (default: IMAGEN4_USER_ID)."),
-]
+    from imagen4ctl.services.outcome import Outcome, Progress
 
 
 def generate(
@@ -75,8 +64,8 @@ def generate(
     app = AppContext.from_typer(ctx)
     if (prompt is None) == (from_file is None):
         raise UsageError("give either a PROMPT or --from-file FILE")
+    owner = resolve_user_id(user_id, app.settings.default_user_id)
     if from_file is not None:
-        owner = resolve_user_id(app, user_id)
         specs = [GenerationSpec(user_id=owner, prompt=p, aspect_ratio=r, num_images=num_images,
                                 seed=seed, negative_prompt=negative_prompt,
                                 resolution=resolution)
@@ -86,11 +75,9 @@ def generate(
                        title=f"batch of {len(specs)} from {from_file}", json_out=json_out)
         return
     assert prompt is not None
-    spec = GenerationSpec(
-        user_id=resolve_user_id(app, user_id), prompt=prompt, aspect_ratio=aspect_ratio,
-        num_images=num_images, seed=seed, negative_prompt=negative_prompt,
-        resolution=resolution,
-    )
+    spec = GenerationSpec(user_id=owner, prompt=prompt, aspect_ratio=aspect_ratio,
+                          num_images=num_images, seed=seed, negative_prompt=negative_prompt,
+                          resolution=resolution)
     service = app.generation_service()
     deadline = Deadline(timeout if timeout is not None else app.settings.timeout)
     with live_status("preparing…") as show:
@@ -102,13 +89,6 @@ def generate(
         render_outcome(outcome)
     if outcome.exception is not None:
         raise outcome.exception
-
-
-def resolve_user_id(app: AppContext, user_id: str | None) -> str:
-    chosen = user_id if user_id is not None else app.settings.default_user_id
-    if chosen is None:
-        raise UsageError("no user id: pass --user-id or set IMAGEN4_USER_ID")
-    return chosen
 
 
 def describe_progress(progress: Progress) -> str:

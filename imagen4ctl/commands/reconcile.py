@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from imagen4ctl.commands.options import UserFilterOption
 from imagen4ctl.context import AppContext
 from imagen4ctl.keys import validate_user_id
 from imagen4ctl.output import JsonOption, console, print_json
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 def reconcile(
     ctx: typer.Context,
-    user_id: Annotated[str | None, typer.Option("--user-id", show_default=False)] = None,
+    user_id: UserFilterOption = None,
     kind: Annotated[str, typer.Option("--kind", help="Rows of this kind.")] = "imagen4",
     fix: Annotated[
         bool, typer.Option("--fix", help="Re-fetch from fal, copy fal-hosted images, delete "
@@ -32,20 +33,9 @@ def reconcile(
 
     Example: imagen4ctl reconcile --fix
     """
-    from imagen4ctl.services.reconcile import Reconciler
-    from imagen4ctl.services.recovery import RecoveryOptions
-
     if user_id is not None:
         validate_user_id(user_id)
-    app = AppContext.from_typer(ctx)
-    recovery = app.recovery(RecoveryOptions(older_than=0, kind=kind, apply=fix))
-    if fix and recovery.service.fal is None:
-        from imagen4ctl.errors import FalCredentialsMissing
-
-        raise FalCredentialsMissing("--fix needs a fal key to fetch images again",
-                                    hint="Set FAL_KEY (or FAL_API_KEY).")
-    report = Reconciler(recovery, prefix=app.settings.images_prefix, kind=kind,
-                        user_id=user_id, fix=fix).run()
+    report = AppContext.from_typer(ctx).reconciler(kind=kind, user_id=user_id, fix=fix).run()
     if json_out:
         print_json(report.to_json())
     else:

@@ -8,8 +8,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from imagen4ctl.commands.options import parse_duration_option
 from imagen4ctl.context import AppContext
-from imagen4ctl.durations import format_duration, parse_duration
+from imagen4ctl.durations import format_duration
 from imagen4ctl.errors import Imagen4ctlError
 from imagen4ctl.keys import validate_user_id
 from imagen4ctl.output import JsonOption, console, print_json, print_warning
@@ -19,16 +20,6 @@ if TYPE_CHECKING:
     from imagen4ctl.services.stats import StatsReport
 
 EXIT_STUCK = 3
-
-
-def parse_duration_option(value: str | None, option: str, default: float) -> float:
-    """A duration typed on the command line; a bad one is a usage error (exit 2)."""
-    if value is None:
-        return default
-    try:
-        return parse_duration(value)
-    except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint=option) from None
 
 
 StuckAfterOption = Annotated[

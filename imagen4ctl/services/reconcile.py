@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
-
 from imagen4ctl.adapters.fal import Deadline
 from imagen4ctl.adapters.storage import ObjectInfo
-from imagen4ctl.db.models import COMPLETED, Generation, utcnow
+from imagen4ctl.db import generations
+from imagen4ctl.db.generations import GenerationRow
+from imagen4ctl.db.values import utcnow
 from imagen4ctl.errors import Imagen4ctlError
 from imagen4ctl.keys import parse_object_key, user_prefix
 from imagen4ctl.services.recovery import Recovery
@@ -78,6 +78,9 @@ class Reconciler:
         self.concurrency = concurrency
 
     def run(self) -> ReconcileReport:
+        """reconcile: rows against objects, then objects against rows; `fix` repairs."""
+        if self.fix:
+            self.service.require_fal("--fix needs it to fetch images again")
         report = ReconcileReport(self.fix)
         self._check_rows(report)
         self._check_objects(report)
@@ -85,19 +88,12 @@ class Reconciler:
 
     # --- rows → objects ---
 
-    def _completed_rows(self) -> Iterator[Generation]:
-        g = Generation
-        query = (select(g).where(g.status == COMPLETED, g.kind == self.kind)
-                 .order_by(g.id).execution_options(yield_per=_BATCH))
-        if self.user_id is not None:
-            query = query.where(g.user_id == self.user_id)
-        with self.service.database.session() as session:
-            for row in session.scalars(query):
-                session.expunge(row)
-                yield row
+    def _completed_rows(self) -> Iterator[GenerationRow]:
+        return generations.stream_completed(self.service.database, kind=self.kind,
+                                            user_id=self.user_id, batch=_BATCH)
 
     def _check_rows(self, report: ReconcileReport) -> None:
-        def check(row: Generation) -> list[Problem]:
+        def check(row: GenerationRow) -> list[Problem]:
             keys = [k for k in (row.result_urls or []) if isinstance(k, str)]
             if not keys:
                 return [Problem("empty_result", row.id, None, "COMPLETED without result_urls")]
@@ -125,16 +121,16 @@ class Reconciler:
                         self._fix_row(row, problems)
                     report.items.extend(problems)
 
-    def _fix_row(self, row: Generation, problems: list[Problem]) -> None:
+    def _fix_row(self, row: GenerationRow, problems: list[Problem]) -> None:
         if any(p.type in {"missing_object", "empty_result"} for p in problems):
             self._refetch(row, problems)
         else:
             self._copy_fal_urls(row, problems)
 
-    def _refetch(self, row: Generation, problems: list[Problem]) -> None:
+    def _refetch(self, row: GenerationRow, problems: list[Problem]) -> None:
         """Fetch the images again from fal when it still has the request; else FAILED."""
         item = self.recovery.item_for(row, utcnow())
-        self.recovery.decide(item, row.submit_started_at)
+        self.recovery.planner.decide(item, row.submit_started_at)
         if item.action == "fail" and item.fal_request_id is None:
             item.error = "images missing from storage, and no fal request to fetch them from"
         if item.action not in {"recover", "fail"}:
@@ -150,7 +146,7 @@ class Reconciler:
             if item.error:
                 p.detail += f"; {item.error}"
 
-    def _copy_fal_urls(self, row: Generation, problems: list[Problem]) -> None:
+    def _copy_fal_urls(self, row: GenerationRow, problems: list[Problem]) -> None:
         """Copy fal-hosted images into the bucket now, before fal's media expires."""
         item = self.recovery.item_for(row, utcnow())
         if not self.recovery.claim(item):
@@ -158,12 +154,8 @@ class Reconciler:
                 p.action, p.detail = "left", p.detail + "; held by another run"
             return
         try:
-            entries = list(row.result_urls or [])
-            urls = [e for e in entries if e.startswith(("https://", "http://"))]
-            stored = self.service.store_images(row.id, row.user_id, urls, Deadline(300.0))
-            copied = iter(image.key for image in stored)
-            keys = [next(copied) if e.startswith(("https://", "http://")) else e
-                    for e in entries]
+            keys = self.service.images.copy_remote(row.id, row.user_id,
+                                                   list(row.result_urls or []), Deadline(300.0))
             ok = self.recovery.set_state(item, result_urls=keys)
         except Imagen4ctlError as e:
             ok = False
@@ -215,10 +207,8 @@ class Reconciler:
                 ids.add(parsed.generation_id)
         if not ids:
             return set()
-        g = Generation
         named: set[str] = set()
-        with self.service.database.session() as session:
-            for keys in session.scalars(select(g.result_urls).where(g.id.in_(ids))):
-                named.update(k for k in (keys or []) if isinstance(k, str))
+        for keys in generations.result_urls_of(self.service.database, ids):
+            named.update(k for k in (keys or []) if isinstance(k, str))
         return named
 

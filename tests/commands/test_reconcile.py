@@ -96,3 +96,17 @@ def test_old_orphans_are_deleted_only_under_our_prefix(cli: Cli, migrated_db: st
     assert code == 0
     assert not (pics / "generations/5/999/0.png").exists()
     assert (pics / "avatars/5/0.png").exists()
+
+
+def test_fix_without_a_fal_key_says_so_and_touches_nothing(cli: Cli, migrated_db: str,
+                                                           isolated_env: Any) -> None:
+    orphan = isolated_env / "pics" / "generations/5/999/0.png"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(PNG)
+    env = {"DATABASE_URL": migrated_db, "IMAGES_DIR": "pics"}
+    result = cli("reconcile", "--fix", env=env)
+    assert result.exit_code == 1
+    assert ("error: no fal key: FAL_KEY is not set (--fix needs it to fetch images again)"
+            in result.stderr)
+    assert "hint: Set FAL_KEY (or FAL_API_KEY)" in result.stderr
+    assert orphan.exists()

@@ -14,7 +14,8 @@ from imagen4ctl.errors import GenerationFailed, UsageError
 from imagen4ctl.output import console, print_json, progress_bar
 
 if TYPE_CHECKING:
-    from imagen4ctl.services.generation import GenerationService, GenerationSpec, Outcome
+    from imagen4ctl.services.generation import GenerationService, GenerationSpec
+    from imagen4ctl.services.outcome import Outcome
 
 
 def read_prompt_file(path: Path) -> list[tuple[str, str]]:
