@@ -1,4 +1,5 @@
-"""Heavy libraries are imported only by the commands that need them (a behaviour, not a timing)."""
+"""Heavy libraries are imported only by the commands that need them (a behaviour, not a timing);
+the command asked for is found before the CLI is built."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from imagen4ctl import cli, startup
 from imagen4ctl.db.session import Database
 from imagen4ctl.emulator import FalEmulator
 from tests.conftest import CANARY
@@ -93,3 +95,21 @@ def test_a_fix_pending_dry_run_reads_through_the_driver_alone(migrated_db: str, 
     with Database(migrated_db).read() as reader:
         assert reader.rows("SELECT status FROM generations ORDER BY id") == \
             [("FAILED",), ("FAILED",)]
+
+
+@pytest.mark.parametrize(("args", "command"), [
+    (["generate", "a cat"], "generate"),
+    (["--debug", "--env-file", "prod.env", "user-images", "42"], "user-images"),
+    (["--env-file=prod.env", "db", "upgrade"], "db"),
+    (["fix-pending", "--help"], "fix-pending"),
+    (["--help"], None),
+    (["--version", "generate"], None),
+    (["--show-completion", "bash"], None),
+    (["generat"], None),
+    (["--env-file", "generate"], None),  # the file's name, and no command
+    ([], None),
+])
+def test_the_command_asked_for_is_found_before_the_cli_is_built(
+    args: list[str], command: str | None
+) -> None:
+    assert startup.invoked_command(args, [*cli.COMMANDS, *cli.GROUPS]) == command

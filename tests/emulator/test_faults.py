@@ -1,4 +1,5 @@
-"""Every fault knob, seen through the real fal_client (and httpx for the image downloads)."""
+"""Every fault knob, seen through the real fal_client (and httpx for the image downloads); the
+fault grammar on its own."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import fal_client
 import httpx
 import pytest
 from fal_client.client import FalClientHTTPError
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image, UnidentifiedImageError
 
-from imagen4ctl.emulator import FalEmulator
+from imagen4ctl.emulator import FalEmulator, FaultSpecError, parse_faults
+from imagen4ctl.emulator.faults import Fault, faults_in_prompt
 from imagen4ctl.emulator.images import PNG_SIGNATURE
 from tests.emulator._helpers import MODEL, download, png_size
 
@@ -91,8 +95,7 @@ def test_completed_with_error_reports_it_in_status_and_result(
 def test_a_run_can_succeed_without_images(fal_sync_client: fal_client.SyncClient) -> None:
     result = fal_sync_client.submit(MODEL, {"prompt": "x [fault:run=noimages]"}).get(
         interval=0.02)
-    assert result["images"] == []
-    assert isinstance(result["seed"], int)
+    assert result == {"images": [], "description": ""}
 
 
 def test_faults_also_come_from_the_submit_header(
@@ -229,3 +232,59 @@ def test_a_cancel_fault_and_a_bad_directive(
         fal_sync_client.submit(MODEL, {"prompt": "x [fault:submit=teapot]"})
     assert bad.value.status_code == 400
     assert "submit=teapot" in bad.value.message
+
+
+# --- the fault grammar ---
+
+
+@pytest.mark.parametrize(
+    ("spec", "fault"),
+    [
+        ("submit=429x3", Fault("submit", "http", code=429, times=3)),
+        ("status = ingress503", Fault("status", "ingress", code=503)),
+        ("result=malformed", Fault("result", "malformed")),
+        ("file=dropx1", Fault("file", "drop", times=1)),
+        ("file=notimage", Fault("file", "notimage")),
+        ("file=slow:2.5", Fault("file", "slow", seconds=2.5)),
+        ("file=large:60MB", Fault("file", "large", size=60_000_000)),
+        ("run=error", Fault("run", "error", error_type="runner_disconnected")),
+        ("run=error:request_timeout", Fault("run", "error", error_type="request_timeout")),
+        ("run=hang", Fault("run", "hang")),
+        ("latency=4", Fault("latency", "latency", seconds=4.0)),
+    ],
+)
+def test_fault_grammar(spec: str, fault: Fault) -> None:
+    plan = parse_faults(spec)
+    assert plan.faults == (fault,)
+    assert parse_faults(plan.describe()) == plan
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("submit", "expected POINT=ACTION"),
+        ("queue=500", "unknown point 'queue'"),
+        ("submit=200", "code of 400 or more"),
+        ("file=malformed", "unknown action"),
+        ("run=hangx2", "only HTTP points take a count"),
+        ("latency=soon", "not a number of seconds"),
+        ("file=large:lots", "not a size"),
+    ],
+)
+def test_bad_fault_specs_say_what_is_wrong(spec: str, message: str) -> None:
+    with pytest.raises(FaultSpecError, match=message):
+        parse_faults(spec)
+
+
+@given(st.text(max_size=40))
+def test_any_text_either_parses_or_raises_fault_spec_error(text: str) -> None:
+    try:
+        parse_faults(text)
+    except FaultSpecError:
+        pass
+
+
+def test_prompt_directives_merge_point_by_point() -> None:
+    plan = faults_in_prompt("a cat [fault:submit=500,file=404] on a mat [FAULT:submit=429x2]")
+    assert plan.describe() == "file=404,submit=429x2"
+    assert not faults_in_prompt("a cat on a mat")

@@ -12,6 +12,7 @@ import pytest
 from fal_client.client import FalClientHTTPError
 
 from imagen4ctl.emulator import FalEmulator
+from imagen4ctl.emulator.server import FORBIDDEN_MESSAGE
 from tests.emulator._helpers import MODEL, auth, download, png_size, queue_url
 
 
@@ -35,9 +36,10 @@ def test_every_aspect_ratio_round_trips_with_real_png_sizes(
     assert isinstance(events[-1], fal_client.Completed) and events[-1].logs
     result = handle.get(interval=0.02)
 
-    assert set(result) == {"images", "seed"}
+    assert set(result) == {"images", "description"}  # no seed in fal's output since 2025-12
     [image] = result["images"]
-    assert set(image) == {"url", "content_type", "file_name", "file_size"}
+    assert set(image) == {"url", "content_type", "file_name", "file_size", "width", "height"}
+    assert (image["width"], image["height"]) == size
     assert image["content_type"] == "image/png"
     response = download(image["url"])
     assert response.status_code == 200
@@ -54,7 +56,7 @@ def test_2k_doubles_the_size_and_a_seed_gives_the_same_images(
     first = fal_sync_client.submit(MODEL, arguments).get(interval=0.02)
     second = fal_sync_client.submit(MODEL, arguments).get(interval=0.02)
 
-    assert first["seed"] == second["seed"] == 42
+    assert "seed" not in first
     first_bytes = [download(image["url"]).content for image in first["images"]]
     second_bytes = [download(image["url"]).content for image in second["images"]]
     assert [png_size(data) for data in first_bytes] == [(1536, 2816), (1536, 2816)]
@@ -122,16 +124,16 @@ def test_result_before_completion_is_400_and_unknown_ids_are_404(
 
 def test_unknown_key_is_401_and_forbidden_key_is_403(fal_emulator: FalEmulator) -> None:
     fal_emulator.accepted_keys = {"good-key"}
-    fal_emulator.forbidden_keys = {"locked-key"}
+    fal_emulator.forbidden_keys = {"forbidden-key"}
 
     with pytest.raises(FalClientHTTPError) as unknown:
         fal_client.SyncClient(key="wrong-key").submit(MODEL, {"prompt": "x"})
     assert unknown.value.status_code == 401
     assert unknown.value.message == "No user found for Key ID and Secret"
-    with pytest.raises(FalClientHTTPError) as locked:
-        fal_client.SyncClient(key="locked-key").submit(MODEL, {"prompt": "x"})
-    assert locked.value.status_code == 403
-    assert "User is locked" in locked.value.message
+    with pytest.raises(FalClientHTTPError) as forbidden:
+        fal_client.SyncClient(key="forbidden-key").submit(MODEL, {"prompt": "x"})
+    assert forbidden.value.status_code == 403
+    assert forbidden.value.message == FORBIDDEN_MESSAGE  # a locked account: test_account.py
     assert fal_client.SyncClient(key="good-key").submit(MODEL, {"prompt": "x"}).request_id
     assert httpx.post(queue_url(MODEL), json={"prompt": "x"}).status_code == 401
     assert [entry.status for entry in fal_emulator.log.entries("submit")] == [401, 403, 200, 401]

@@ -1,5 +1,6 @@
-"""The fal fault matrix and storage/database faults: one clear line, exit ≠ 0, no traceback,
-a row that says why (or no row when nothing was paid), nothing half-written in storage."""
+"""Storage and database faults: one clear line, exit ≠ 0, no traceback, a row that says why
+(or no row when nothing was paid), nothing half-written in storage. fal's faults are in
+tests/adapters/test_fal.py."""
 
 from __future__ import annotations
 
@@ -29,61 +30,6 @@ def one_clear_error(result: CliResult) -> str:
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, result.stderr
     return errors[0]
-
-
-@pytest.mark.parametrize(
-    ("directive", "status", "reason", "row_error"),
-    [
-        ("submit=404", "FAILED", "fal has no such endpoint", "no such endpoint"),
-        ("submit=422", "FAILED", "fal refused the arguments", "refused the arguments"),
-        ("submit=500", "FAILED", "fal answered the submit with 500", "500"),
-        ("submit=503", "FAILED", "fal answered the submit with 503", "503"),
-        ("submit=429", "FAILED", "in time", "in time"),
-        ("submit=malformed", "PENDING", "submission state unknown", "submission state unknown"),
-        ("submit=drop", "PENDING", "submission state unknown", "submission state unknown"),
-        ("status=504", "PROCESSING", "lost contact with fal", None),
-        ("status=drop", "PROCESSING", "lost contact with fal", None),
-        ("result=malformed", "FAILED", "malformed answer to the result", "malformed"),
-        ("run=error:request_timeout", "FAILED", "failed at fal", "fal: Request timed out"),
-        ("run=noimages", "FAILED", "fal returned no images", "no images"),
-        ("file=404", "FAILED", "the image URL answered 404", "answered 404"),
-        ("file=drop", "FAILED", "cannot download the image", "cannot download"),
-        ("file=notimage", "FAILED", "not a PNG, JPEG or WebP image", "not a PNG"),
-        ("file=large:60MB", "FAILED", "IMAGEN4_MAX_IMAGE_BYTES", "cap"),
-    ],
-)
-def test_fal_fault_matrix(cli: Cli, env: dict[str, str], migrated_db: str, s3_bucket: Any,
-                          directive: str, status: str, reason: str,
-                          row_error: str | None) -> None:
-    result = cli("generate", f"fault {directive} [fault:{directive}]", "--timeout", "4",
-                 env=env)
-    assert reason in one_clear_error(result)
-    [row] = rows(migrated_db)
-    assert row.status == status
-    if row_error is not None:
-        assert row.error is not None and row_error in row.error
-    else:  # left for fix-pending, with its request id
-        assert row.fal_request_id
-    assert list(s3_bucket.storage.list("generations/")) == []
-
-
-@pytest.mark.parametrize(("knob", "code"), [("accepted_keys", "401"), ("forbidden_keys", "403")])
-def test_key_refused(cli: Cli, env: dict[str, str], migrated_db: str, fal_emulator: Any,
-                     knob: str, code: str) -> None:
-    setattr(fal_emulator, knob, {"not-this-one"} if knob == "accepted_keys" else {KEY})
-    line = one_clear_error(cli("generate", "refused", env=env))
-    assert f"fal rejected the key from FAL_KEY ({code}" in line
-    assert rows(migrated_db)[0].status == "FAILED"
-
-
-def test_fal_unreachable_fails_fast(cli: Cli, env: dict[str, str], migrated_db: str,
-                                    fal_emulator: Any) -> None:
-    fal_emulator.faults = "submit=ingress503"  # what a dead upstream behind a proxy looks like
-    started = time.monotonic()
-    line = one_clear_error(cli("generate", "gone", "--timeout", "3", env=env))
-    assert time.monotonic() - started < 15
-    assert "in time" in line or "503" in line
-    assert rows(migrated_db)[0].status == "FAILED"
 
 
 def test_bucket_missing_writes_no_row(cli: Cli, env: dict[str, str], migrated_db: str) -> None:
