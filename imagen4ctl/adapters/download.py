@@ -3,21 +3,27 @@
 Only https (each redirect checked again), no link-local or metadata hosts, loopback and
 private addresses only for the host fal itself is configured at (an emulator or proxy), a
 size cap enforced while streaming, and the magic bytes checked before anything is stored.
+
+A failure says whether it may pass: a refused or broken image is final (`ImageRejected`), a
+404 or 410 is final unless fal has the image at another URL (`ImageGone`), while a reset, a
+timeout, 408/425/429 or a 5xx from the image host may not happen again (`ImageUnavailable`):
+the generation stays in flight for fix-pending rather than losing a paid image.
 """
 
 from __future__ import annotations
 
 import io
 import ipaddress
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
 import httpx
 
-from imagen4ctl.adapters.fal import Deadline
-from imagen4ctl.errors import FalError
+from imagen4ctl.deadline import Deadline
+from imagen4ctl.errors import FalError, FalUnavailable
 
 MAGIC = {
     b"\x89PNG\r\n\x1a\n": ("image/png", "png"),
@@ -29,7 +35,18 @@ _BLOCKED_NAMES = {"metadata.google.internal", "metadata", "instance-data"}
 
 
 class ImageRejected(FalError):
-    """fal's image cannot be accepted: not an image, too large, unreachable, bad URL."""
+    """fal's image cannot be accepted: not an image, too large, a refused URL or answer."""
+
+
+class ImageGone(ImageRejected):
+    """The image URL answers 404 or 410: final, unless fal lists the image elsewhere."""
+
+
+class ImageUnavailable(FalUnavailable):
+    """The image could not be fetched this time (reset, timeout, 5xx): it may be later."""
+
+
+_PASSING = frozenset({408, 425, 429})  # and every 5xx
 
 
 @dataclass(frozen=True)
@@ -104,13 +121,13 @@ class _CappedStream(io.RawIOBase):
     def readinto(self, target: memoryview) -> int:  # type: ignore[override]
         while not self._buffer:
             if self._deadline.passed:
-                raise ImageRejected("downloading the image took longer than the deadline")
+                raise ImageUnavailable("downloading the image took longer than the deadline")
             try:
                 chunk = next(self._chunks)
             except StopIteration:
                 return 0
             except httpx.HTTPError as e:
-                raise ImageRejected(f"downloading the image failed: {type(e).__name__}") from e
+                raise ImageUnavailable(f"downloading the image failed: {type(e).__name__}") from e
             self.size += len(chunk)
             if self.size > self._cap:
                 raise ImageRejected(f"the image is larger than the {self._cap:,}-byte cap "
@@ -155,10 +172,10 @@ def open_image(
             try:
                 response = http.send(request, stream=True)
             except httpx.TimeoutException as e:
-                raise ImageRejected("the image download timed out") from e
+                raise ImageUnavailable("the image download timed out") from e
             except httpx.TransportError as e:
-                raise ImageRejected(f"cannot download the image from {target.host}: "
-                                    f"{type(e).__name__}") from e
+                raise ImageUnavailable(f"cannot download the image from {target.host}: "
+                                       f"{type(e).__name__}") from e
             if response.is_redirect and "location" in response.headers:
                 response.close()
                 target = check_url(urljoin(str(target), response.headers["location"]),
@@ -168,8 +185,13 @@ def open_image(
         else:
             raise ImageRejected("the image URL redirects too many times")
         try:
-            if response.status_code != 200:
-                raise ImageRejected(f"the image URL answered {response.status_code}")
+            code = response.status_code
+            if code in {404, 410}:
+                raise ImageGone(f"the image URL answered {code}")
+            if code in _PASSING or code >= 500:
+                raise ImageUnavailable(f"the image URL answered {code}")
+            if code != 200:
+                raise ImageRejected(f"the image URL answered {code}")
             length = _content_length(response)
             if length is not None and length > max_bytes:
                 raise ImageRejected(f"the image is {length:,} bytes, over the {max_bytes:,}-byte "
@@ -190,6 +212,32 @@ def open_image(
     finally:
         if own:
             http.close()
+
+
+class Downloader:
+    """Opens fal's images on one client for a whole run, made at first use: the CA bundle
+    loads once, and connections to fal's file host are reused. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._client: httpx.Client | None = None
+        self._lock = threading.Lock()
+
+    def prepare(self) -> None:
+        """Make the client now (loading the CA bundle takes a while), not at the first image."""
+        self._http()
+
+    def _http(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None:
+                self._client = download_client()
+            return self._client
+
+    def open(
+        self, url: str, *, max_bytes: int, deadline: Deadline, trusted_hosts: frozenset[str]
+    ) -> AbstractContextManager[tuple[ImageHead, io.BufferedReader]]:
+        """`open_image` on this run's client."""
+        return open_image(url, max_bytes=max_bytes, deadline=deadline,
+                          trusted_hosts=trusted_hosts, client=self._http())
 
 
 def _read_head(stream: _CappedStream) -> bytes:

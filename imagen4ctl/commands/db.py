@@ -13,11 +13,11 @@ def upgrade(ctx: typer.Context) -> None:
 
     Example: imagen4ctl db upgrade
     """
-    from imagen4ctl.db import migrate
+    from imagen4ctl.services import schema
 
     app = AppContext.from_typer(ctx)
-    result = migrate.upgrade(app.database)
-    where = app.database.describe()
+    result = schema.upgrade(app.database)
+    where = result.database
     if result.adopted:
         console.print(f"adopted the existing generations table in {where}")
     if result.before == result.after:
@@ -31,9 +31,9 @@ def current(ctx: typer.Context) -> None:
 
     Example: imagen4ctl db current
     """
-    from imagen4ctl.db import migrate
+    from imagen4ctl.services import schema
 
     app = AppContext.from_typer(ctx)
-    state = migrate.schema_state(app.database)
+    state = schema.current(app.database)
     status = "up to date" if state.up_to_date else f"behind (head is {state.head})"
     console.print(f"{state.current or 'none'} ({status})")

@@ -57,14 +57,11 @@ def gallery(
     from imagen4ctl.services import gallery as service
 
     app = AppContext.from_typer(ctx)
-    folder = service.check_target(out if out is not None else default_folder(user_id))
-    with app.session() as session:
-        rows = service.collect(session, user_id, stuck_after=app.settings.stuck_after,
-                               limit=limit)
-    storage = app.storage() if rows.stored_keys else None
-    mode = service.ImageMode(images.value)
-    with progress_bar(len(rows.images), f"gallery: {mode.value} images") as advance:
-        result = service.write_gallery(rows, storage, folder, mode, on_image=advance)
+    result = service.make_gallery(
+        app.settings, app.session, app.storage,
+        out if out is not None else default_folder(user_id), service.ImageMode(images.value),
+        user_id=user_id, limit=limit,
+        progress=lambda total: progress_bar(total, f"gallery: {images.value} images"))
     _summarize(result)
     console.print(escape(str(result.index)), soft_wrap=True)
     if open_page:

@@ -16,7 +16,6 @@ from imagen4ctl.keys import validate_user_id
 from imagen4ctl.output import JsonOption, console, print_json, print_warning
 
 if TYPE_CHECKING:
-    from imagen4ctl.adapters.storage import Storage
     from imagen4ctl.services.stats import StatsReport
 
 EXIT_STUCK = 3
@@ -55,7 +54,12 @@ def user_images(
         validate_user_id(user_id)
     app = AppContext.from_typer(ctx)
     threshold = parse_duration_option(stuck_after, "--stuck-after", app.settings.stuck_after)
-    storage = _storage_or_none(app) if recent else None
+    storage = None
+    if recent:
+        try:
+            storage = app.storage(timeout=3.0)
+        except Imagen4ctlError as e:
+            print_warning(f"no image links: {e.message}")
     with app.database.read() as reader:
         report = stats.user_report(reader, user_id, stuck_after=threshold, kind=kind,
                                    limit=limit, recent=recent, storage=storage)
@@ -65,14 +69,6 @@ def user_images(
         _render(report)
     if fail_on_stuck and report.stuck_count:
         raise typer.Exit(EXIT_STUCK)
-
-
-def _storage_or_none(app: AppContext) -> Storage | None:
-    try:
-        return app.storage(timeout=3.0)
-    except Imagen4ctlError as e:
-        print_warning(f"no image links: {e.message}")
-        return None
 
 
 def _render(report: StatsReport) -> None:

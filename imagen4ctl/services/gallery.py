@@ -13,10 +13,9 @@ import base64
 import os
 import shlex
 import shutil
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -27,14 +26,16 @@ from imagen4ctl.db import generations
 from imagen4ctl.db.generations import GenerationRow
 from imagen4ctl.db.values import COMPLETED, FAILED, IMAGEN4, as_utc, utcnow
 from imagen4ctl.durations import format_duration
-from imagen4ctl.errors import Imagen4ctlError, StorageError, UsageError
+from imagen4ctl.errors import Imagen4ctlError, StorageError
 from imagen4ctl.services import gallery_page
+from imagen4ctl.services.gallery_folder import MARKER, building, check_target, write_error
 from imagen4ctl.services.gallery_page import ImageCard, ProblemCard
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from imagen4ctl.adapters.storage import Storage
+    from imagen4ctl.settings import Settings
 
 
 class ImageMode(StrEnum):
@@ -49,7 +50,6 @@ THUMB_SIZE = 320  # pixels on the long side
 LINK_LIFETIME = timedelta(hours=24)
 PROBLEM_CARDS = 100  # stuck rows, and FAILED rows, shown at most
 FETCH_WORKERS = 8  # below the S3 adapter's pool of 10 connections
-MARKER = ".imagen4ctl-gallery"  # only a folder holding it is replaced by a new gallery
 
 # --------------------------------------------------------------------------- rows
 
@@ -252,7 +252,7 @@ def _copied_tile(image: CompletedImage, key: str, storage: Storage, folder: Path
         return Tile(image, problem=_missing_or(image, key, storage, e))
     except OSError as e:
         part.unlink(missing_ok=True)
-        raise _write_error(folder, e) from e
+        raise write_error(folder, e) from e
     thumb = folder / "thumbs" / f"{image.name}.jpg"
     try:
         with Image.open(part) as opened:
@@ -278,7 +278,7 @@ def _copied_tile(image: CompletedImage, key: str, storage: Storage, folder: Path
         full = part.with_suffix(suffix)
         os.replace(part, full)
     except OSError as e:
-        raise _write_error(folder, e) from e
+        raise write_error(folder, e) from e
     return Tile(image, src=f"thumbs/{thumb.name}", href=f"images/{full.name}",
                 width=flat.width, height=flat.height, original=original)
 
@@ -406,19 +406,26 @@ class GalleryResult:
         return sum(1 for t in self.tiles if t.src is None)
 
 
-def check_target(out: Path) -> Path:
-    """The absolute folder a gallery may be written to; refuse to replace anything else."""
-    folder = Path(os.path.abspath(out.expanduser()))
-    if not folder.name:
-        raise UsageError(f"--out {out} cannot be a gallery folder", hint="Choose a new folder.")
-    if folder.exists() or folder.is_symlink():
-        if not folder.is_dir():
-            raise UsageError(f"--out {out} is a file, not a folder",
-                             hint="Choose a new folder for the gallery.")
-        if any(folder.iterdir()) and not (folder / MARKER).exists():
-            raise UsageError(f"--out {out} holds files that are not an imagen4ctl gallery",
-                             hint="Choose a new folder, or empty that one.")
-    return folder
+def make_gallery(
+    settings: Settings,
+    session: Callable[[], AbstractContextManager[Session]],
+    storage: Callable[[], Storage],
+    out: Path,
+    mode: ImageMode,
+    *,
+    user_id: str | None,
+    limit: int,
+    progress: Callable[[int], AbstractContextManager[Callable[[str], None]]],
+) -> GalleryResult:
+    """`imagen4ctl gallery`: the folder checked before any setting is read or the database
+    opened, the storage made only when an image is in it, and `progress(number of images)`
+    advanced once per image."""
+    folder = check_target(out)
+    with session() as opened:
+        rows = collect(opened, user_id, stuck_after=settings.stuck_after, limit=limit)
+    images = storage() if rows.stored_keys else None
+    with progress(len(rows.images)) as on_image:
+        return write_gallery(rows, images, folder, mode, on_image=on_image)
 
 
 def write_gallery(
@@ -436,7 +443,7 @@ def write_gallery(
     leaves it as it was.
     """
     folder = check_target(out)
-    with _building(folder) as work:
+    with building(folder) as work:
         signed_at = utcnow()
         tiles = fetch_tiles(rows, storage, work, mode, link_lifetime=link_lifetime,
                             on_image=on_image)
@@ -450,35 +457,5 @@ def write_gallery(
             (work / MARKER).write_text("made by `imagen4ctl gallery`; replaced on the next run\n",
                                        encoding="utf-8")
         except OSError as e:
-            raise _write_error(folder, e) from e
+            raise write_error(folder, e) from e
     return GalleryResult(folder / "index.html", mode, rows, tiles, expires_at)
-
-
-@contextmanager
-def _building(folder: Path) -> Iterator[Path]:
-    work = folder.parent / f".{folder.name}.imagen4ctl-new-{uuid.uuid4().hex[:8]}"
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        work.mkdir()
-    except OSError as e:
-        raise _write_error(folder, e) from e
-    try:
-        yield work
-        old = folder.parent / f".{folder.name}.imagen4ctl-old-{uuid.uuid4().hex[:8]}"
-        try:
-            if folder.exists() or folder.is_symlink():
-                folder.rename(old)
-            work.rename(folder)
-        except OSError as e:
-            if old.exists() and not folder.exists():
-                old.rename(folder)
-            raise _write_error(folder, e) from e
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _write_error(folder: Path, exc: OSError) -> Imagen4ctlError:
-    reason = (exc.strerror or type(exc).__name__).lower()
-    return Imagen4ctlError(f"cannot write the gallery to {folder}: {reason}",
-                           hint="Choose another folder with --out.")

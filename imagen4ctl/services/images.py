@@ -10,16 +10,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from imagen4ctl.adapters.download import download_client, load_image_support, open_image
+from imagen4ctl.adapters.download import Downloader, load_image_support
 from imagen4ctl.errors import StorageError
 from imagen4ctl.keys import object_key
 from imagen4ctl.settings import crash_point
 
 if TYPE_CHECKING:
-    import httpx
-
-    from imagen4ctl.adapters.fal import Deadline
     from imagen4ctl.adapters.storage import Storage
+    from imagen4ctl.deadline import Deadline
 
 LINK_EXPIRY = timedelta(hours=1)
 # An S3 upload holds up to a whole image in memory (minio buffers a part, and the previous one
@@ -63,30 +61,22 @@ class ImageStore:
         self.max_image_bytes = max_image_bytes
         self.trusted_hosts = trusted_hosts
         self._uploads = ThreadPoolExecutor(max_workers=uploads, thread_name_prefix="upload")
-        self._download_client: httpx.Client | None = None
-        self._download_lock = threading.Lock()
+        self._downloads = Downloader()
+        self._prepare_lock = threading.Lock()
         self._prepared = False
-
-    def _downloads(self) -> httpx.Client:
-        """One client for this run's image downloads: the CA bundle loads once, and
-        connections to fal's file host are reused."""
-        with self._download_lock:
-            if self._download_client is None:
-                self._download_client = download_client()
-            return self._download_client
 
     def prepare(self) -> None:
         """Once, on a thread of its own: load what storing an image needs (Pillow, the
         download client) while the first generations are at fal. Left to the first image, it
         ran when a whole batch's first wave finished at once and delayed every status call."""
-        with self._download_lock:
+        with self._prepare_lock:
             if self._prepared:
                 return
             self._prepared = True
 
         def prepare() -> None:
             load_image_support()
-            self._downloads()
+            self._downloads.prepare()
 
         threading.Thread(target=prepare, name="prepare-storing", daemon=True).start()
 
@@ -97,9 +87,9 @@ class ImageStore:
         stored: list[StoredImage] = []
         try:
             for n, url in enumerate(urls):
-                with open_image(url, max_bytes=self.max_image_bytes, deadline=deadline,
-                                trusted_hosts=self.trusted_hosts,
-                                client=self._downloads()) as (head, stream):
+                with self._downloads.open(url, max_bytes=self.max_image_bytes,
+                                          deadline=deadline,
+                                          trusted_hosts=self.trusted_hosts) as (head, stream):
                     key = object_key(self.prefix, user_id, generation_id, n, head.ext)
                     crash_point("downloading")
                     info = self._uploads.submit(

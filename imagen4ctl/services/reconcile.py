@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from imagen4ctl.adapters.fal import Deadline
 from imagen4ctl.adapters.storage import ObjectInfo
 from imagen4ctl.db import generations
 from imagen4ctl.db.generations import GenerationRow
 from imagen4ctl.db.values import utcnow
+from imagen4ctl.deadline import Deadline
 from imagen4ctl.errors import Imagen4ctlError
 from imagen4ctl.keys import parse_object_key, user_prefix
 from imagen4ctl.services.recovery import Recovery

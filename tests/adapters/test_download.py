@@ -15,7 +15,7 @@ import trustme
 from PIL import Image
 
 from imagen4ctl.adapters.download import ImageRejected, check_url, open_image
-from imagen4ctl.adapters.fal import Deadline
+from imagen4ctl.deadline import Deadline
 
 
 def png(width: int = 40, height: int = 30) -> bytes:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from imagen4ctl.adapters.fal import Deadline
+from imagen4ctl.deadline import Deadline
 from imagen4ctl.emulator import FalEmulator
 from imagen4ctl.errors import FalCredentialsMissing, UsageError
 from imagen4ctl.services.generation import GenerationService, GenerationSpec
