@@ -12,12 +12,26 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imagen4ctl.emulator import model as emulated
-from imagen4ctl.endpoints import DEFAULT_ENDPOINT, ENDPOINTS, IMAGEN4_PREVIEW, Endpoint
+from imagen4ctl.endpoints import (
+    DEFAULT_ENDPOINT,
+    ENDPOINTS,
+    FAL_JS_TYPES,
+    IMAGEN4_FAST,
+    IMAGEN4_PREVIEW,
+    IMAGEN4_ULTRA,
+    Endpoint,
+    catalogue,
+    closest,
+    endpoint_named,
+    option_help,
+)
 from imagen4ctl.errors import UsageError
 from imagen4ctl.services.generation import GenerationSpec
 from imagen4ctl.settings import VARIABLES
 
-RATIOS = ["1:1", "16:9", "9:16", "3:4", "4:3"]
+RATIOS = ["1:1", "16:9", "9:16", "4:3", "3:4"]  # fal's order
+FIELDS = ["prompt", "aspect_ratio", "num_images", "seed", "resolution", "output_format",
+          "safety_tolerance", "sync_mode"]
 
 
 def refusal(**values: object) -> str:
@@ -30,9 +44,31 @@ def refusal(**values: object) -> str:
 
 
 def test_the_registry_is_keyed_by_endpoint_id() -> None:
-    assert list(ENDPOINTS) == ["fal-ai/imagen4/preview"]
+    assert list(ENDPOINTS) == ["fal-ai/imagen4/preview", "fal-ai/imagen4/preview/fast",
+                               "fal-ai/imagen4/preview/ultra"]
     assert all(key == endpoint.id for key, endpoint in ENDPOINTS.items())
     assert ENDPOINTS[DEFAULT_ENDPOINT] is IMAGEN4_PREVIEW
+
+
+def test_the_fields_of_each_endpoint_are_fal_js_of_2026_04_07() -> None:
+    """fal-js 9830f25: no negative_prompt anywhere, no resolution on /fast, ultra = preview."""
+    assert [f.name for f in IMAGEN4_PREVIEW.fields] == FIELDS
+    assert [f.name for f in IMAGEN4_FAST.fields] == [f for f in FIELDS if f != "resolution"]
+    assert IMAGEN4_ULTRA.fields == IMAGEN4_PREVIEW.fields
+    for endpoint in ENDPOINTS.values():
+        assert not endpoint.takes("negative_prompt")
+        assert list(endpoint.aspect_ratios) == RATIOS
+        assert (endpoint.default_aspect_ratio, endpoint.default_num_images) == ("1:1", 1)
+        assert endpoint.sources[0].startswith(FAL_JS_TYPES + "#L")
+        assert endpoint.sources[1] == f"https://fal.ai/models/{endpoint.id}/api"
+        tolerance = endpoint.field("safety_tolerance")
+        assert tolerance is not None and tolerance.kind == "string"
+        assert (tolerance.choices, tolerance.default) == (("1", "2", "3", "4", "5", "6"), "4")
+        output_format = endpoint.field("output_format")
+        assert output_format is not None
+        assert (output_format.choices, output_format.default) == (("jpeg", "png", "webp"), "png")
+    assert IMAGEN4_FAST.resolutions == () and IMAGEN4_FAST.default_resolution is None
+    assert IMAGEN4_ULTRA.resolutions == ("1K", "2K") and IMAGEN4_ULTRA.default_resolution == "1K"
 
 
 def test_the_default_endpoint_is_imagen4_models_default() -> None:
@@ -42,18 +78,18 @@ def test_the_default_endpoint_is_imagen4_models_default() -> None:
 
 def test_an_endpoint_is_frozen() -> None:
     with pytest.raises(AttributeError):
-        IMAGEN4_PREVIEW.max_images = 8  # type: ignore[misc]
+        IMAGEN4_PREVIEW.id = "x"  # type: ignore[misc]
 
 
 def test_it_agrees_with_the_emulated_app() -> None:
-    """The emulator checks fal's schema its own way today: both must refuse the same values."""
-    assert IMAGEN4_PREVIEW.aspect_ratios == emulated.ASPECT_RATIOS
-    assert IMAGEN4_PREVIEW.resolutions == emulated.RESOLUTIONS
-    assert IMAGEN4_PREVIEW.max_images == emulated.MAX_IMAGES
+    """The emulator checks the same registry: its defaults are fal's, as the registry's."""
     defaults = emulated.Imagen4Input(prompt="p")
-    assert IMAGEN4_PREVIEW.default_aspect_ratio == defaults.aspect_ratio
-    assert IMAGEN4_PREVIEW.default_num_images == defaults.num_images
-    assert IMAGEN4_PREVIEW.default_resolution == defaults.resolution
+    for endpoint in ENDPOINTS.values():
+        parsed, errors = emulated.validate({"prompt": "p"}, endpoint)
+        assert errors == [] and parsed is not None
+        assert parsed.aspect_ratio == endpoint.default_aspect_ratio == defaults.aspect_ratio
+        assert parsed.num_images == endpoint.default_num_images == defaults.num_images
+        assert parsed.resolution == (endpoint.default_resolution or "1K")
 
 
 @pytest.mark.parametrize("ratio", RATIOS)
@@ -64,7 +100,7 @@ def test_every_aspect_ratio_of_imagen4_is_accepted(ratio: str) -> None:
 @pytest.mark.parametrize("ratio", ["2:1", "1:1 ", "16/9", "", "21:9"])
 def test_other_aspect_ratios_are_refused(ratio: str) -> None:
     assert refusal(aspect_ratio=ratio) == (
-        f"aspect ratio {ratio!r} is not one of 1:1, 16:9, 9:16, 3:4, 4:3")
+        f"aspect ratio {ratio!r} is not one of 1:1, 16:9, 9:16, 4:3, 3:4")
 
 
 @given(st.text(max_size=8).filter(lambda r: r not in RATIOS))
@@ -105,13 +141,26 @@ def test_prompts() -> None:
     assert refusal(prompt="x" * 4001) == "the prompt has 4,001 characters; the limit is 4,000"
 
 
-def test_negative_prompts() -> None:
-    IMAGEN4_PREVIEW.check(prompt="p", aspect_ratio="1:1", num_images=1,
-                          negative_prompt="x" * 4000)
-    assert refusal(negative_prompt="") == "the negative prompt is empty"
-    assert refusal(negative_prompt="\x00") == "the negative prompt contains a NUL character"
-    assert refusal(negative_prompt="x" * 5000) == (
-        "the negative prompt has 5,000 characters; the limit is 4,000")
+def test_a_negative_prompt_is_taken_by_no_endpoint_now() -> None:
+    """fal-js dropped `negative_prompt` on 2025-12-15: refused, never sent and ignored."""
+    for endpoint in ENDPOINTS.values():
+        with pytest.raises(UsageError) as caught:
+            endpoint.check(prompt="p", aspect_ratio="1:1", num_images=1, negative_prompt="fog")
+        assert caught.value.message == f"{endpoint.id} does not take --negative-prompt"
+        assert caught.value.hint == ("No current Imagen 4 endpoint at fal takes it; "
+                                     "`imagen4ctl models` lists what each endpoint takes.")
+        assert caught.value.exit_code == 2
+
+
+def test_fast_takes_no_resolution_and_names_the_endpoints_that_do() -> None:
+    with pytest.raises(UsageError) as caught:
+        IMAGEN4_FAST.check(prompt="p", aspect_ratio="1:1", num_images=1, resolution="2K")
+    assert caught.value.message == "fal-ai/imagen4/preview/fast does not take --resolution"
+    assert caught.value.hint == (
+        "fal-ai/imagen4/preview and fal-ai/imagen4/preview/ultra take it; "
+        "`imagen4ctl models` lists what each endpoint takes.")
+    IMAGEN4_FAST.check(prompt="p", aspect_ratio="16:9", num_images=4, seed=3)
+    IMAGEN4_ULTRA.check(prompt="p", aspect_ratio="1:1", num_images=1, resolution="2K")
 
 
 def test_the_first_bad_value_is_the_one_reported() -> None:
@@ -131,43 +180,90 @@ def test_the_arguments_of_a_minimal_spec() -> None:
 
 def test_the_arguments_of_a_full_spec_in_the_order_they_are_sent() -> None:
     spec = GenerationSpec(user_id="42", prompt="a harbour", aspect_ratio="16:9", num_images=3,
-                          seed=0, negative_prompt="fog", resolution="2K")
+                          seed=0, resolution="2K")
     assert list(spec.arguments().items()) == [
         ("prompt", "a harbour"), ("aspect_ratio", "16:9"), ("num_images", 3), ("seed", 0),
-        ("negative_prompt", "fog"), ("resolution", "2K")]
+        ("resolution", "2K")]
 
 
 def test_unset_optional_fields_are_not_sent() -> None:
-    spec = GenerationSpec(user_id="42", prompt="p", negative_prompt="blur")
+    spec = GenerationSpec(user_id="42", prompt="p", seed=9)
     assert spec.arguments() == {"prompt": "p", "aspect_ratio": "1:1", "num_images": 1,
-                                "negative_prompt": "blur"}
+                                "seed": 9}
 
 
-def test_the_arguments_sent_pass_the_emulated_apps_check() -> None:
+@pytest.mark.parametrize("endpoint", list(ENDPOINTS.values()), ids=list(ENDPOINTS))
+def test_the_arguments_sent_pass_the_emulated_apps_check(endpoint: Endpoint) -> None:
+    resolution = "2K" if endpoint.takes("resolution") else None
     spec = GenerationSpec(user_id="42", prompt="a harbour", aspect_ratio="3:4", num_images=4,
-                          seed=2**32 - 1, negative_prompt="fog", resolution="2K")
-    parsed, errors = emulated.validate(spec.arguments())
+                          seed=2**32 - 1, resolution=resolution, model=endpoint.id)
+    parsed, errors = emulated.validate(spec.arguments(), endpoint)
     assert errors == []
     assert parsed is not None and (parsed.aspect_ratio, parsed.num_images) == ("3:4", 4)
 
 
 def test_a_spec_is_held_to_its_endpoints_rules() -> None:
     assert GenerationSpec(user_id="42", prompt="p").endpoint is IMAGEN4_PREVIEW
+    assert GenerationSpec(user_id="42", prompt="p", model=IMAGEN4_FAST.id).endpoint \
+        is IMAGEN4_FAST
     with pytest.raises(UsageError, match=r"^aspect ratio '2:1' is not one of "):
         GenerationSpec(user_id="42", prompt="p", aspect_ratio="2:1")
     with pytest.raises(UsageError, match=r"^--num-images must be 1 to 4, not 5$"):
         GenerationSpec(user_id="42", prompt="p", num_images=5)
+    with pytest.raises(UsageError, match=r"^fal-ai/imagen4/preview/fast does not take "):
+        GenerationSpec(user_id="42", prompt="p", resolution="1K", model=IMAGEN4_FAST.id)
 
 
-def test_a_second_endpoint_brings_its_own_rules() -> None:
-    """What `ENDPOINTS` is for: an endpoint with other limits refuses by its own."""
-    fast = Endpoint(**{**IMAGEN4_PREVIEW.__dict__, "id": "fal-ai/imagen4/preview/fast",
-                       "max_images": 2, "resolutions": ("1K",)})
-    fast.check(prompt="p", aspect_ratio="1:1", num_images=2)
+def test_an_unknown_endpoint_is_a_usage_error_with_the_closest_id() -> None:
+    with pytest.raises(UsageError) as caught:
+        endpoint_named("fal-ai/imagen4/preview/fsat", "IMAGEN4_MODEL")
+    assert caught.value.message == (
+        "IMAGEN4_MODEL 'fal-ai/imagen4/preview/fsat' is not an Imagen 4 endpoint imagen4ctl "
+        "knows (fal-ai/imagen4/preview, fal-ai/imagen4/preview/fast, "
+        "fal-ai/imagen4/preview/ultra)")
+    assert caught.value.hint == ("Did you mean fal-ai/imagen4/preview/fast? "
+                                 "`imagen4ctl models` lists what each endpoint takes.")
+    assert closest("fal-ai/imagen4/preview/ultar") == "fal-ai/imagen4/preview/ultra"
+    assert closest("fal-ai/imagen4") == "fal-ai/imagen4/preview"
+    assert closest("black-forest-labs/flux") is None
+    with pytest.raises(UsageError, match=r"^--model 'x' is not an Imagen 4 endpoint"):
+        GenerationSpec(user_id="42", prompt="p", model="x")
+
+
+def test_help_texts_come_from_the_registry() -> None:
+    assert option_help("aspect_ratio") == "1:1, 16:9, 9:16, 4:3 or 3:4."
+    assert option_help("num_images") == "1 to 4."
+    assert option_help("resolution") == "1K or 2K. Not taken by fal-ai/imagen4/preview/fast."
+    assert option_help("negative_prompt").startswith("Taken by no current Imagen 4 endpoint")
+
+
+def test_the_catalogue_is_json_ready() -> None:
+    entries = catalogue()
+    assert json.loads(json.dumps(entries)) == entries
+    fast = entries[1]
+    assert fast["endpoint"] == "fal-ai/imagen4/preview/fast" and fast["resolutions"] == []
+    assert fast["images_per_request"] == {"min": 1, "max": 4, "default": 1}
+    assert list(fast["other_options"]) == ["seed", "output_format", "safety_tolerance",
+                                           "sync_mode"]
+    assert fast["other_options"]["output_format"] == {
+        "type": "string", "choices": ["jpeg", "png", "webp"], "default": "png"}
+
+
+def test_an_endpoint_with_other_limits_refuses_by_its_own() -> None:
+    """What `ENDPOINTS` is for: a limit is a field's, not a constant of the code."""
+    from dataclasses import replace
+
+    from imagen4ctl.endpoints import NUM_IMAGES, RESOLUTION
+
+    narrow = replace(IMAGEN4_PREVIEW, id="example/narrow", fields=tuple(
+        replace(NUM_IMAGES, maximum=2) if f.name == "num_images"
+        else replace(RESOLUTION, choices=("1K",)) if f.name == "resolution" else f
+        for f in IMAGEN4_PREVIEW.fields))
+    narrow.check(prompt="p", aspect_ratio="1:1", num_images=2)
     with pytest.raises(UsageError, match=r"^--num-images must be 1 to 2, not 3$"):
-        fast.check(prompt="p", aspect_ratio="1:1", num_images=3)
+        narrow.check(prompt="p", aspect_ratio="1:1", num_images=3)
     with pytest.raises(UsageError, match=r"^resolution '2K' is not one of 1K$"):
-        fast.check(prompt="p", aspect_ratio="1:1", num_images=1, resolution="2K")
+        narrow.check(prompt="p", aspect_ratio="1:1", num_images=1, resolution="2K")
 
 
 def test_the_module_imports_the_standard_library_alone() -> None:

@@ -11,6 +11,7 @@ from rich.markup import escape
 from imagen4ctl.commands._batch import read_prompt_file, run_and_report
 from imagen4ctl.commands.options import TimeoutOption, UserIdOption, resolve_user_id
 from imagen4ctl.context import AppContext
+from imagen4ctl.endpoints import endpoint_named, model_help, option_help
 from imagen4ctl.errors import UsageError
 from imagen4ctl.output import JsonOption, console, live_status, print_json
 
@@ -24,16 +25,23 @@ def generate(
         str | None, typer.Argument(help="What to draw (or use --from-file).", show_default=False)
     ] = None,
     user_id: UserIdOption = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help=model_help(), show_default=False)
+    ] = None,
     aspect_ratio: Annotated[
-        str, typer.Option("--aspect-ratio", "-a", help="1:1, 16:9, 9:16, 3:4 or 4:3.")
+        str, typer.Option("--aspect-ratio", "-a", help=option_help("aspect_ratio"))
     ] = "1:1",
-    num_images: Annotated[int, typer.Option("--num-images", "-n", help="1 to 4.")] = 1,
+    num_images: Annotated[
+        int, typer.Option("--num-images", "-n", help=option_help("num_images"))
+    ] = 1,
     seed: Annotated[int | None, typer.Option("--seed", show_default=False)] = None,
     negative_prompt: Annotated[
-        str | None, typer.Option("--negative-prompt", show_default=False)
+        str | None,
+        typer.Option("--negative-prompt", help=option_help("negative_prompt"), show_default=False),
     ] = None,
     resolution: Annotated[
-        str | None, typer.Option("--resolution", help="1K or 2K.", show_default=False)
+        str | None,
+        typer.Option("--resolution", help=option_help("resolution"), show_default=False),
     ] = None,
     timeout: TimeoutOption = None,
     no_wait: Annotated[
@@ -58,17 +66,19 @@ def generate(
 
     Example: imagen4ctl generate "A cat playing with a ball" --aspect-ratio 3:4 --user-id 42
     """
-    from imagen4ctl.adapters.fal import Deadline
+    from imagen4ctl.deadline import Deadline
     from imagen4ctl.services.generation import GenerationSpec
 
     app = AppContext.from_typer(ctx)
     if (prompt is None) == (from_file is None):
         raise UsageError("give either a PROMPT or --from-file FILE")
     owner = resolve_user_id(user_id, app.settings.default_user_id)
+    endpoint = endpoint_named(model, "--model") if model is not None else \
+        endpoint_named(app.settings.model, "IMAGEN4_MODEL")
     if from_file is not None:
         specs = [GenerationSpec(user_id=owner, prompt=p, aspect_ratio=r, num_images=num_images,
                                 seed=seed, negative_prompt=negative_prompt,
-                                resolution=resolution)
+                                resolution=resolution, model=endpoint.id)
                  for r, p in read_prompt_file(from_file)]
         run_and_report(app.generation_service(), specs, concurrency=concurrency,
                        timeout=timeout if timeout is not None else app.settings.timeout,
@@ -77,7 +87,7 @@ def generate(
     assert prompt is not None
     spec = GenerationSpec(user_id=owner, prompt=prompt, aspect_ratio=aspect_ratio,
                           num_images=num_images, seed=seed, negative_prompt=negative_prompt,
-                          resolution=resolution)
+                          resolution=resolution, model=endpoint.id)
     service = app.generation_service()
     deadline = Deadline(timeout if timeout is not None else app.settings.timeout)
     with live_status("preparing…") as show:

@@ -42,7 +42,7 @@ def seed_gallery(
     if plan.skipped and not json_out:
         info(f"{plan.skipped} of {plan.total} already COMPLETED or in flight for user {owner}: "
              "skipped (--force regenerates them)")
-    specs = plan.specs()
+    specs = [service.bound(spec) for spec in plan.specs()]  # IMAGEN4_MODEL's rules
     seconds = timeout if timeout is not None else app.settings.timeout
     run_and_report(service, specs, concurrency=concurrency, timeout=seconds,
                    unique=not force, title=f"gallery of user {owner}", json_out=json_out,

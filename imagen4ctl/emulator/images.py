@@ -1,7 +1,8 @@
-"""Real PNG files with Imagen 4's sizes, deterministic from the seed and cheap to make.
+"""Real images with Imagen 4's sizes, deterministic from the seed and cheap to make.
 
-Clients read width and height from the bytes (fal's output has neither), so the emulator
-serves genuine PNGs: a two-colour gradient with a few shapes.
+Clients read width and height from the bytes (fal's output states them too since 2025-12,
+fal-js `ImageFile`), so the emulator serves genuine images: a two-colour gradient with a few
+shapes, as PNG or, for `output_format`, JPEG or WebP.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ IMAGEN4_SIZES: dict[str, tuple[int, int]] = {
 RESOLUTION_SCALE: dict[str, int] = {"1K": 1, "2K": 2}
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# `output_format` → Content-Type (fal-js 9830f25: "jpeg" | "png" | "webp").
+CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 # What a CDN sends when it answers with an error page under an image URL.
 NOT_AN_IMAGE = (
@@ -106,6 +109,19 @@ def render_png(aspect_ratio: str, resolution: str, seed: int, index: int) -> byt
     for _ in range(256 - GRADIENT_COLOURS):
         palette += bytes(_colour(rng))
     return PNG_SIGNATURE + ihdr + _chunk(b"PLTE", bytes(palette)) + idat + _chunk(b"IEND", b"")
+
+
+@functools.lru_cache(maxsize=64)
+def render_image(aspect_ratio: str, resolution: str, seed: int, index: int,
+                 output_format: str = "png") -> bytes:
+    """`render_png`'s picture in `output_format` (a key of CONTENT_TYPES)."""
+    png = render_png(aspect_ratio, resolution, seed, index)
+    if output_format == "png":
+        return png
+    with Image.open(io.BytesIO(png)) as image:
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, output_format.upper())
+    return buffer.getvalue()
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Literal
 
 from imagen4ctl.db.driver import SCHEMA_HINT
+from imagen4ctl.endpoints import ENDPOINTS, MODELS_HINT, closest
 from imagen4ctl.errors import Imagen4ctlError, StorageError
 from imagen4ctl.settings import VARIABLES, Settings
 
@@ -71,7 +72,7 @@ def diagnose(settings: Settings, *, timeout: float = 5.0, offline: bool = False)
     elif offline:
         checks.append(Check("fal_api", "skip", "skipped: --offline"))
     else:
-        checks.append(_guard("fal_api", lambda: check_fal_api(settings, timeout)))
+        checks.append(_guard("fal_api", lambda: check_fal_api(settings, timeout, account=True)))
     database = _guard("database", lambda: check_database(settings, timeout, offline))
     checks.append(database)
     if database.status in {"fail", "skip"} or database.message.startswith("no database file"):
@@ -81,6 +82,9 @@ def diagnose(settings: Settings, *, timeout: float = 5.0, offline: bool = False)
     else:
         checks.append(_guard("schema", lambda: check_schema(settings, timeout)))
     checks.append(_guard("storage", lambda: check_storage(settings, timeout, offline)))
+    model = check_model(settings)
+    if model is not None:
+        checks.append(model)
     misses = settings.near_misses()
     if misses:
         checks.append(Check(
@@ -109,13 +113,50 @@ def check_fal_credentials(settings: Settings) -> Check:
     return Check("fal_credentials", key.status, message, key.hint)
 
 
-def check_fal_api(settings: Settings, timeout: float) -> Check:
+def check_fal_api(settings: Settings, timeout: float, *, account: bool = False) -> Check:
+    """The key against fal's queue (free); with `account`, the balance too (check-config)."""
     from imagen4ctl.adapters.fal import probe_key
 
     key = settings.fal_key
     assert key.value is not None and key.source is not None
     verdict = probe_key(key.value, settings.model, timeout=timeout, key_source=key.source)
-    return Check("fal_api", "ok" if verdict.accepted else "fail", verdict.message, verdict.hint)
+    if not verdict.accepted:
+        return Check("fal_api", "fail", verdict.message, verdict.hint)
+    if not account:
+        return Check("fal_api", "ok", verdict.message)
+    return _account_state(settings, key.value, verdict.message, timeout)
+
+
+def _account_state(settings: Settings, key: str, accepted: str, timeout: float) -> Check:
+    """The balance, fal's one read-only sign of a locked account; never a paid call."""
+    from imagen4ctl.adapters.fal_platform import account_balance
+
+    try:
+        found = account_balance(settings.platform_api_url, key, timeout=timeout,
+                                trusted_hosts=settings.fal_hosts)
+    except Imagen4ctlError as e:
+        return Check("fal_api", "ok", f"{accepted}; could not check the account's state: "
+                     f"{e.message}")
+    amount = f"{found.balance:.2f}".rstrip("0").rstrip(".") + f" {found.currency}".rstrip()
+    if found.balance <= 0:
+        return Check("fal_api", "warn", f"{accepted}, but the fal account balance is {amount}: "
+                     "submissions will be refused (account locked)",
+                     "Top up at https://fal.ai/dashboard/billing; see "
+                     "README.md#fal-account-locked.")
+    return Check("fal_api", "ok", f"{accepted}; balance {amount} (a lock is not visible to "
+                 "this probe)")
+
+
+def check_model(settings: Settings) -> Check | None:
+    """A warning when IMAGEN4_MODEL is no endpoint of the registry: `generate` refuses it."""
+    model = settings.model
+    if model in ENDPOINTS:
+        return None
+    guess = closest(model)
+    return Check("fal_model", "warn",
+                 f"IMAGEN4_MODEL {model!r} is not an Imagen 4 endpoint imagen4ctl knows"
+                 + (f": did you mean {guess}?" if guess else ""),
+                 f"Set IMAGEN4_MODEL to one of {', '.join(ENDPOINTS)}; {MODELS_HINT}")
 
 
 def check_database(settings: Settings, timeout: float, offline: bool) -> Check:

@@ -22,8 +22,9 @@ from imagen4ctl.services.generation import GenerationService, GenerationSpec
 
 
 def service_on(db: Database, tmp_path: Path) -> GenerationService:
-    return GenerationService(db, LocalStorage(tmp_path / "images"), None, model="fal-ai/imagen4",
-                             prefix="g/", max_image_bytes=1024)
+    return GenerationService(db, LocalStorage(tmp_path / "images"), None,
+                             model="fal-ai/imagen4/preview/ultra", prefix="g/",
+                             max_image_bytes=1024)
 
 
 def test_rows_written_read_back_through_the_orm_unchanged(migrated_db: str,
@@ -31,7 +32,7 @@ def test_rows_written_read_back_through_the_orm_unchanged(migrated_db: str,
     db = Database(migrated_db)
     service = service_on(db, tmp_path)
     spec = GenerationSpec("u1", "a harbour at dawn, 50% fog", aspect_ratio="16:9", seed=7,
-                          negative_prompt="boats")
+                          resolution="2K")
     before = datetime.now(UTC)
     [first, second] = service.create_many([spec, GenerationSpec("u1", "a lighthouse")])
     done = datetime(2026, 11, 26, 7, 30, 5, 123456, tzinfo=UTC)
@@ -44,10 +45,11 @@ def test_rows_written_read_back_through_the_orm_unchanged(migrated_db: str,
         assert row is not None
         assert (row.user_id, row.kind, row.status, row.prompt, row.aspect_ratio) == \
             ("u1", "imagen4", "COMPLETED", "a harbour at dawn, 50% fog", "16:9")
-        assert row.params == {"num_images": 1, "seed": 7, "negative_prompt": "boats"}
+        assert row.params == {"num_images": 1, "seed": 7, "resolution": "2K"}
         assert row.result_urls == ["g/u1/1-0.png", "g/u1/1-1.png"]
         assert row.completed_at == done
-        assert row.fal_endpoint == "fal-ai/imagen4" and row.fal_request_id == "r-1"
+        assert row.fal_endpoint == "fal-ai/imagen4/preview/ultra"  # the service's model
+        assert row.fal_request_id == "r-1"
         assert before - timedelta(seconds=1) <= row.created_at <= datetime.now(UTC)
         assert row.updated_at >= row.created_at
         other = session.get(Generation, second)

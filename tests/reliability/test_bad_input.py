@@ -27,7 +27,12 @@ CASES: list[tuple[list[str], dict[str, str], str]] = [
     (["generate", "   \t "], {}, "the prompt is empty"),
     (["generate", LONG], {}, "the limit is 4,000"),
     (["generate", "a\x00b"], {}, "NUL"),
-    (["generate", "ok", "--negative-prompt", " "], {}, "negative prompt is empty"),
+    # no current endpoint takes a negative prompt (fal-js since 2025-12): refused, not ignored
+    (["generate", "ok", "--negative-prompt", " "], {}, "does not take --negative-prompt"),
+    (["generate", "ok", "--model", "fal-ai/imagen4/preview/fast", "--resolution", "1K"], {},
+     "fal-ai/imagen4/preview/fast does not take --resolution"),
+    (["generate", "ok", "--model", "fal-ai/imagen4/preview/fsat"], {},
+     "--model 'fal-ai/imagen4/preview/fsat' is not an Imagen 4 endpoint"),
     # aspect ratios, counts, options
     (["generate", "x", "--aspect-ratio", "2:1"], {}, "aspect ratio '2:1'"),
     (["generate", "x", "--aspect-ratio", "1:1 "], {}, "aspect ratio '1:1 '"),
