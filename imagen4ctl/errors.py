@@ -67,6 +67,13 @@ class FalKeyRejected(FalError):
     readme = "fal-rejected-the-key"
 
 
+class FalAccountLocked(FalError):
+    """fal refused a submission because the account is locked (balance, admin lock): no key
+    change helps, and every further submission would be refused the same way."""
+
+    readme = "fal-account-locked"
+
+
 class FalUnavailable(FalError):
     """fal could not be reached (connection refused, TLS failure, deadline)."""
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from rich.markup import escape
 from rich.table import Table
 
-from imagen4ctl.errors import GenerationFailed, UsageError
+from imagen4ctl.errors import FalAccountLocked, GenerationFailed, UsageError
 from imagen4ctl.output import console, print_json, progress_bar
 
 if TYPE_CHECKING:
@@ -49,7 +49,10 @@ def run_and_report(
     unique: bool = False,
     json_extra: dict[str, object] | None = None,
 ) -> list[Outcome]:
-    """Run the batch with one progress bar, print the summary (or JSON), fail if any failed."""
+    """Run the batch with one progress bar, print the summary (or JSON), fail if any failed;
+    a locked fal account is the error then, since it decided every row not yet sent."""
+    from imagen4ctl.services.generation import NOT_SUBMITTED_LOCKED
+
     # What start-up loaded (SQLAlchemy, pydantic, Rich: ~300k objects) lives until exit.
     # Frozen, the collector's full passes skip it instead of stalling every thread ~40 ms.
     gc.freeze()
@@ -73,6 +76,12 @@ def run_and_report(
                           style=None if o.status == "COMPLETED" else "red")
         console.print(table)
     failed = [o for o in outcomes if o.status != "COMPLETED"]
+    locked = next((o.exception for o in outcomes if isinstance(o.exception, FalAccountLocked)),
+                  None)
+    if locked is not None:
+        unsent = sum(1 for o in outcomes if o.error == NOT_SUBMITTED_LOCKED)
+        raise FalAccountLocked(f"{locked.message} ({unsent} of {len(outcomes)} generations not "
+                               f"submitted: FAILED \"{NOT_SUBMITTED_LOCKED}\")", hint=locked.hint)
     if failed:
         raise GenerationFailed(f"{len(failed)} of {len(outcomes)} generations did not complete",
                                hint="See the table; `imagen4ctl fix-pending` collects those "

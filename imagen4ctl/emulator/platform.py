@@ -1,8 +1,12 @@
-"""fal Platform API request listing, as the emulator understands it.
+"""fal's Platform API as the emulator understands it: the request listing and the balance.
 
-Source: https://fal.ai/docs/platform-apis/v1/models/requests/by-endpoint (and the twin
-https://fal.ai/docs/platform-apis/v1/serverless/requests/by-endpoint, "for endpoints owned
-by the authenticated user"). Base URL https://api.fal.ai/v1, auth `Authorization: Key ...`.
+Listing. Source: https://fal.ai/docs/platform-apis/v1/models/requests/by-endpoint ("Lists
+requests for one or more endpoints", "Requires API key (user or enterprise)"): any endpoint
+id, fal's public ones included. Its twin
+https://fal.ai/docs/platform-apis/v1/serverless/requests/by-endpoint "Lists requests for one
+or more endpoints owned by the authenticated user"; the emulator answers it 403 for an
+endpoint outside `owned_namespaces` (fal's answer there is not documented). Base URL
+https://api.fal.ai/v1, auth `Authorization: Key ...`.
 
     GET /v1/models/requests/by-endpoint      (also /v1/serverless/requests/by-endpoint)
       endpoint_id  required; repeated or comma-separated, up to 50 ids (full ids, sub-path
@@ -21,6 +25,21 @@ by the authenticated user"). Base URL https://api.fal.ai/v1, auth `Authorization
          "next_cursor": str | null, "has_more": bool}
     errors: {"error": {"type": "authorization_error" | "validation_error" | "not_found" |
              ..., "message": str}}
+
+An unknown route under /v1 answers 404 (what a wrong FAL_PLATFORM_API_URL meets); the
+listing itself never answers 404: "no such request" is an empty `items`.
+
+Balance. Source: https://fal.ai/docs/platform-apis/v1/account/billing ("Returns billing
+information for the authenticated account. Use the `expand` parameter to include additional
+details. Expandable Fields: - `credits` — Current credit balance and currency"). The field
+names are not in fal's excerpts; they follow a third party that reads this route
+(https://raw.githubusercontent.com/steipete/CodexBar/main/docs/fal.md: "displays
+`credits.current_balance` in `credits.currency`", and an inference-only key "returns HTTP
+403"):
+
+    GET /v1/account/billing[?expand=credits]
+    200 {"username": str, ["credits": {"current_balance": float, "currency": "USD"}]}
+    403 {"error": {"type": "authorization_error", ...}}  when `billing_refused` is set
 
 Assumptions where the docs are silent (all in this emulator, not promises about fal):
 the time window applies to `ended_at`; only finished requests are listed (requests cancelled
@@ -135,6 +154,14 @@ def endpoint_ids(query: dict[str, list[str]]) -> list[str]:
         raise PlatformError(400, "validation_error",
                             f"endpoint_id: at most {MAX_ENDPOINTS} endpoints per request")
     return ids
+
+
+def billing(balance: float, query: dict[str, list[str]]) -> dict[str, Any]:
+    """The 200 body of GET /account/billing; credits only when expanded."""
+    body: dict[str, Any] = {"username": "emulator"}
+    if "credits" in _many(query, "expand"):
+        body["credits"] = {"current_balance": balance, "currency": "USD"}
+    return body
 
 
 def list_requests(records: list[PlatformRecord], query: dict[str, list[str]], now: datetime,

@@ -82,7 +82,7 @@ def test_payloads_outlive_the_queue_result(
 
 
 def test_pagination_filters_and_the_serverless_twin(
-    fal_sync_client: fal_client.SyncClient,
+    fal_sync_client: fal_client.SyncClient, fal_emulator: FalEmulator,
 ) -> None:
     ids = _finished(fal_sync_client, {"prompt": "one"}, {"prompt": "two"}, {"prompt": "three"},
                     {"prompt": ""})
@@ -103,6 +103,7 @@ def test_pagination_filters_and_the_serverless_twin(
     future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     assert _list(start=future).json()["items"] == []
     assert _list(end="2020-01-01").json()["items"] == []
+    fal_emulator.owned_namespaces = {"fal-ai"}  # the twin lists only endpoints one owns
     twin = _list(path="/serverless/requests/by-endpoint", request_id=ids[0]).json()["items"]
     assert [i["request_id"] for i in twin] == [ids[0]]
 
@@ -123,15 +124,18 @@ def test_errors_use_the_platform_error_shape(fal_emulator: FalEmulator) -> None:
     assert httpx.get(platform_url("/models/nothing"), headers=auth(KEY)).status_code == 404
 
 
-def test_owned_endpoints_only_refuses_public_models(fal_emulator: FalEmulator) -> None:
-    fal_emulator.platform_owned_only = True
-    refused = _list()
+def test_the_serverless_listing_refuses_endpoints_one_does_not_own(
+    fal_emulator: FalEmulator,
+) -> None:
+    serverless = "/serverless/requests/by-endpoint"
+    refused = _list(path=serverless)
     assert refused.status_code == 403
     error = refused.json()["error"]
     assert error["type"] == "authorization_error" and MODEL in error["message"]
+    assert _list().status_code == 200  # models/ lists any endpoint, fal's public ones too
 
     fal_emulator.owned_namespaces = {"fal-ai"}
-    assert _list().status_code == 200
+    assert _list(path=serverless).status_code == 200
 
 
 def test_a_platform_fault(fal_emulator: FalEmulator) -> None:
