@@ -4,7 +4,8 @@ fal_client retries transport errors about ten times with backoff, and caches the
 credentials of its module-level client. So each `FalAdapter` passes the key explicitly and
 gives fal_client an httpx client whose transport enforces the caller's deadline: every call
 ends by the deadline, and transport errors come back to us at once instead of being retried
-blindly — a retried submission whose answer was lost is a second bill.
+blindly — a retried submission whose answer was lost is a second bill. The submission's POST
+does not go through fal_client's retries at all (see `submit` and fal_answers.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,19 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
+from imagen4ctl.adapters.fal_answers import (
+    FIX_PENDING_FINDS_IT,
+    LOCKED_PREFIX,
+    FalNotFound,
+    FalResultRefused,
+    account_locked,
+    cancel_answer,
+    queued_request_id,
+    resend_after,
+    result_is_verdict,
+)
+from imagen4ctl.adapters.fal_answers import FalSubmissionUnknown as FalSubmissionUnknown
+from imagen4ctl.deadline import Deadline
 from imagen4ctl.errors import (
     FalError,
     FalKeyRejected,
@@ -34,10 +48,6 @@ if TYPE_CHECKING:
 
 class FalTimeout(FalUnavailable):
     """The caller's deadline passed while talking to fal."""
-
-
-class FalSubmissionUnknown(FalUnavailable):
-    """The submission may have reached fal, but its answer was lost: do not resubmit blindly."""
 
 
 class _Unreachable(Exception):
@@ -55,24 +65,6 @@ class _DeadlinePassed(Exception):
         self.sent = sent  # whether the request may have reached fal before the deadline
 
 
-class Deadline:
-    """An absolute point in time (monotonic clock) that a whole operation must end by."""
-
-    def __init__(self, seconds: float | None) -> None:
-        self.seconds = seconds
-        self.at = None if seconds is None else time.monotonic() + seconds
-
-    def remaining(self) -> float:
-        return float("inf") if self.at is None else self.at - time.monotonic()
-
-    @property
-    def passed(self) -> bool:
-        return self.remaining() <= 0
-
-    def bound(self, timeout: float) -> float:
-        return max(0.01, min(timeout, self.remaining()))
-
-
 _current = threading.local()
 
 
@@ -87,6 +79,7 @@ def _worst_next_delay(attempt: int) -> float:
 
 
 _RETRIED_STATUSES = {408, 409, 429, 502, 503, 504}
+_ONCE = "imagen4ctl.once"  # a request extension: this request is not retried by fal_client
 
 
 def _note_sent(event: str, info: dict[str, Any]) -> None:
@@ -122,7 +115,7 @@ class _BoundedTransport(httpx.BaseTransport):
             if deadline.passed:
                 raise _DeadlinePassed(sent=True) from e
             raise _Unreachable(e, sent=True) from e
-        if response.status_code in _RETRIED_STATUSES:
+        if response.status_code in _RETRIED_STATUSES and not request.extensions.get(_ONCE):
             # fal_client will sleep and retry; stop it here if that sleep would pass the deadline.
             key = (threading.get_ident(), request.method, str(request.url))
             with self._lock:
@@ -160,6 +153,8 @@ class ImageRef:
     content_type: str | None = None
     file_name: str | None = None
     file_size: int | None = None
+    width: int | None = None  # fal's output carries them since 2025-12 (fal-js ImageFile)
+    height: int | None = None
 
 
 @dataclass(frozen=True)
@@ -176,18 +171,24 @@ class FalAdapter:
     key_source: str = "FAL_KEY"
 
     @cached_property
-    def _client(self) -> fal_client.SyncClient:
-        import fal_client
+    def _http(self) -> httpx.Client:
+        """The client fal_client sends on: its BackupDomainTransport (which fails over to
+        fal's backup host only before a connection exists), bounded by the deadline."""
         from fal_client.client import USER_AGENT, BackupDomainTransport
 
-        key = self.key
-        transport = _BoundedTransport(BackupDomainTransport())
-        http = httpx.Client(
-            transport=transport,
-            headers={"Authorization": f"Key {key}", "User-Agent": USER_AGENT},
+        return httpx.Client(
+            transport=_BoundedTransport(BackupDomainTransport()),
+            headers={"Authorization": f"Key {self.key}", "User-Agent": USER_AGENT},
             timeout=httpx.Timeout(60.0, connect=10.0),
             follow_redirects=True,
         )
+
+    @cached_property
+    def _client(self) -> fal_client.SyncClient:
+        import fal_client
+
+        key = self.key
+        http = self._http
 
         class _Client(fal_client.SyncClient):
             @cached_property
@@ -207,15 +208,34 @@ class FalAdapter:
             _current.deadline = previous
 
     def submit(self, endpoint: str, arguments: dict[str, Any], deadline: Deadline) -> Submitted:
-        """The request id fal gave the submission, and when the submission left."""
-        with self.bounded(deadline), self._translated("submit", submitting=True):
-            _current.sent_at = None
-            handle = self._client.submit(endpoint, arguments)
-            request_id = handle.request_id
-            answered = time.monotonic()
-            sent_at = getattr(_current, "sent_at", None)
-        if not isinstance(request_id, str) or not request_id:
-            raise FalError("fal answered the submission without a request id")
+        """The request id fal gave the submission, and when the submission left.
+
+        The POST goes out once, not through fal_client's `submit`, which sends it again on
+        answers that may follow a queued (paid) request; only a 429, which queued nothing,
+        is sent again (fal_answers.py). An answer that may mean "queued" raises
+        FalSubmissionUnknown.
+        """
+        from fal_client.client import QUEUE_URL_FORMAT
+
+        attempt = 0
+        while True:
+            with self.bounded(deadline), self._translated("submit", submitting=True):
+                _current.sent_at = None
+                response = self._http.request("POST", QUEUE_URL_FORMAT + endpoint,
+                                              json=arguments, extensions={_ONCE: True},
+                                              timeout=self._client.default_timeout)
+                answered = time.monotonic()
+                sent_at = getattr(_current, "sent_at", None)
+                pause = resend_after(response, attempt, deadline.remaining())
+                if pause is None:
+                    request_id = queued_request_id(response)
+            if pause is None:
+                break
+            time.sleep(pause)
+            attempt += 1
+        if not isinstance(request_id, str) or not request_id:  # a 200: fal may have queued it
+            raise FalSubmissionUnknown("fal answered the submission without a request id",
+                                       hint=FIX_PENDING_FINDS_IT)
         return Submitted(request_id, sent_at if sent_at is not None else answered)
 
     def status(self, endpoint: str, request_id: str, deadline: Deadline) -> FalStatus:
@@ -238,19 +258,42 @@ class FalAdapter:
         fal_client's own `result` asks for the status once more before it fetches the answer:
         one more round trip on every generation's way to its images, and one more request.
         """
-        from fal_client.client import QUEUE_POLL_TIMEOUT, _maybe_retry_request, _raise_for_status
+        from fal_client.client import QUEUE_POLL_TIMEOUT, FalClientHTTPError, _maybe_retry_request
 
         with self.bounded(deadline), self._translated("result"):
             handle = self._client.get_handle(endpoint, request_id)
-            response = _maybe_retry_request(handle.client, "GET", handle.response_url,
-                                            timeout=QUEUE_POLL_TIMEOUT)
-            _raise_for_status(response)
+            try:
+                response = _maybe_retry_request(handle.client, "GET", handle.response_url,
+                                                timeout=QUEUE_POLL_TIMEOUT)
+            except FalClientHTTPError as e:
+                if e.status_code == 404:
+                    raise FalNotFound(f"fal's queue no longer has the result of {request_id}"
+                                      ) from e
+                if result_is_verdict(e.status_code):
+                    raise FalResultRefused(http_error(
+                        "result", e.status_code, e.message, self.key_source).message) from e
+                raise
             data = response.json()
         return parse_result(data)
 
-    def cancel(self, endpoint: str, request_id: str, deadline: Deadline) -> None:
+    def cancel(self, endpoint: str, request_id: str, deadline: Deadline) -> str:
+        """fal's answer: CANCELLATION_REQUESTED, ALREADY_COMPLETED or NOT_FOUND
+        (fal_answers.py); a running request may still complete, and be billed."""
+        from fal_client.client import QUEUE_POLL_TIMEOUT, FalClientHTTPError, _maybe_retry_request
+
         with self.bounded(deadline), self._translated("cancel"):
-            self._client.cancel(endpoint, request_id)
+            handle = self._client.get_handle(endpoint, request_id)
+            try:
+                response = _maybe_retry_request(handle.client, "PUT", handle.cancel_url,
+                                                timeout=QUEUE_POLL_TIMEOUT)
+            except FalClientHTTPError as e:
+                said = cancel_answer(e.response)
+                if e.status_code == 404:
+                    return "NOT_FOUND"
+                if e.status_code == 400 and said == "ALREADY_COMPLETED":
+                    return said
+                raise
+        return cancel_answer(response) or "CANCELLATION_REQUESTED"
 
     @contextmanager
     def _translated(self, what: str, *, submitting: bool = False) -> Iterator[None]:
@@ -262,18 +305,18 @@ class FalAdapter:
             if submitting and e.sent:
                 raise FalSubmissionUnknown(
                     "the deadline passed while fal was answering the submission",
-                    hint="`imagen4ctl fix-pending` finds it at fal instead of paying twice.",
+                    hint=FIX_PENDING_FINDS_IT,
                 ) from e
             raise FalTimeout(f"fal did not answer the {what} in time",
                              hint="Raise --timeout, or check fal's status page.") from e
         except _Unreachable as e:
             host = e.error.request.url.host if _has_request(e.error) else "fal"
-            reason = _transport_reason(e.error)
+            reason = transport_reason(e.error)
             if submitting and e.sent:
                 raise FalSubmissionUnknown(
                     f"the submission to {host} may have arrived but its answer was lost "
                     f"({reason})",
-                    hint="`imagen4ctl fix-pending` finds it at fal instead of paying twice.",
+                    hint=FIX_PENDING_FINDS_IT,
                 ) from e
             raise FalUnavailable(f"cannot reach fal at {host}: {reason}",
                                  hint="Check the network, FAL_RUN_HOST/FAL_QUEUE_RUN_HOST and "
@@ -284,7 +327,7 @@ class FalAdapter:
             if submitting:  # a 200 we cannot read may still be an accepted, billed request
                 raise FalSubmissionUnknown(
                     "fal sent a malformed answer to the submission",
-                    hint="`imagen4ctl fix-pending` finds it at fal instead of paying twice.",
+                    hint=FIX_PENDING_FINDS_IT,
                 ) from e
             raise FalError(f"fal sent a malformed answer to the {what}") from e
 
@@ -297,7 +340,7 @@ def _has_request(error: httpx.TransportError) -> bool:
     return True
 
 
-def _transport_reason(error: httpx.TransportError) -> str:
+def transport_reason(error: httpx.TransportError) -> str:
     text = str(error).lower()
     if isinstance(error, httpx.ConnectTimeout | httpx.TimeoutException):
         return "timed out"
@@ -312,7 +355,9 @@ def _transport_reason(error: httpx.TransportError) -> str:
 
 def http_error(what: str, status: int, detail: Any, key_source: str) -> FalError:
     """fal's HTTP error as one line; `detail` may be a string or fal's 422 list."""
-    text = _detail_text(detail)
+    text = detail_text(detail)
+    if status == 403 and isinstance(detail, str) and detail.startswith(LOCKED_PREFIX):
+        return account_locked(detail)
     if status in {401, 403}:
         return FalKeyRejected(f"fal rejected the key from {key_source} ({status}: {text})",
                               hint=f"Check {key_source}; `imagen4ctl check-config` shows which "
@@ -330,7 +375,7 @@ def http_error(what: str, status: int, detail: Any, key_source: str) -> FalError
     return FalUnavailable(f"fal answered the {what} with {status}: {text}")
 
 
-def _detail_text(detail: Any, limit: int = 200) -> str:
+def detail_text(detail: Any, limit: int = 200) -> str:
     if isinstance(detail, list):
         parts = []
         for item in detail:
@@ -353,18 +398,23 @@ def _log_lines(logs: Any) -> tuple[str, ...]:
 
 
 def parse_result(data: Any) -> FalResult:
-    """fal's Imagen 4 output; width and height are not promised, so they are not read here."""
+    """fal's Imagen 4 output; width, height (and seed) only where fal gives them."""
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise FalError("fal's result has no images list")
+        raise FalResultRefused("fal's result has no images list")
     images = []
     for item in data["images"]:
         if not isinstance(item, dict) or not isinstance(item.get("url"), str):
-            raise FalError("fal's result has an image without a url")
-        size = item.get("file_size")
+            raise FalResultRefused("fal's result has an image without a url")
+        size, width, height = (_int_or_none(item.get(name))
+                               for name in ("file_size", "width", "height"))
         images.append(ImageRef(item["url"], item.get("content_type"), item.get("file_name"),
-                               size if isinstance(size, int) else None))
+                               size, width, height))
     seed = data.get("seed")
     return FalResult(tuple(images), seed if isinstance(seed, int) else None)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def queue_host() -> str:
@@ -407,7 +457,7 @@ def probe_key(key: str, endpoint: str, *, timeout: float, key_source: str) -> Pr
         return ProbeVerdict(False, host, f"fal at {host} did not answer within {timeout:g}s",
                             "Check the network, or FAL_RUN_HOST/FAL_QUEUE_RUN_HOST.")
     except httpx.TransportError as e:
-        return ProbeVerdict(False, host, f"cannot reach fal at {host}: {_transport_reason(e)}",
+        return ProbeVerdict(False, host, f"cannot reach fal at {host}: {transport_reason(e)}",
                             "Check the network, FAL_RUN_HOST/FAL_QUEUE_RUN_HOST and "
                             "SSL_CERT_FILE.")
     code = response.status_code
@@ -418,103 +468,3 @@ def probe_key(key: str, endpoint: str, *, timeout: float, key_source: str) -> Pr
                             f"({code})", f"Check {key_source}: is it a valid fal.ai key?")
     return ProbeVerdict(False, host, f"fal at {host} answered {code} to a status probe",
                         "fal may be having trouble; retry later.")
-
-
-class PlatformRefused(FalError):
-    """fal's Platform API would not list the endpoint's requests (e.g. a public model)."""
-
-
-@dataclass(frozen=True)
-class PlatformRequest:
-    """One finished request as fal's Platform API lists it (payloads expanded)."""
-
-    request_id: str
-    endpoint_id: str
-    status_code: int | None
-    sent_at: str | None
-    ended_at: str | None
-    json_input: Any
-    json_output: Any
-
-    @property
-    def succeeded(self) -> bool:
-        return self.status_code is not None and 200 <= self.status_code < 300
-
-
-def platform_requests(
-    base_url: str,
-    key: str,
-    endpoint: str,
-    deadline: Deadline,
-    *,
-    request_id: str | None = None,
-    start: str | None = None,
-    end: str | None = None,
-    max_pages: int = 20,
-    trusted_hosts: frozenset[str] = frozenset(),
-    client: httpx.Client | None = None,
-) -> Iterator[PlatformRequest]:
-    """Requests of `endpoint` from fal's Platform API (GET /models/requests/by-endpoint with
-    expand=payloads), newest first, page by page, every call bounded by `deadline`."""
-    params: dict[str, str | int] = {"endpoint_id": endpoint, "expand": "payloads", "limit": 100}
-    if request_id is not None:
-        params["request_id"] = request_id
-    if start is not None:
-        params["start"] = start
-    if end is not None:
-        params["end"] = end
-    url = f"{base_url.rstrip('/')}/models/requests/by-endpoint"
-    host = httpx.URL(url).host
-    if httpx.URL(url).scheme != "https" and host not in trusted_hosts:
-        raise FalError(f"refusing FAL_PLATFORM_API_URL {base_url!r}: only https is accepted")
-    # A caller making many lookups passes its client: a new one loads the CA bundle each time.
-    http = client or httpx.Client(follow_redirects=False)
-    auth = {"Authorization": f"Key {key}"}
-    try:
-        for _ in range(max_pages):
-            try:
-                response = http.get(url, params=params, headers=auth,
-                                    timeout=httpx.Timeout(deadline.bound(30.0)))
-            except httpx.TransportError as e:
-                raise FalUnavailable(f"cannot reach fal's Platform API at {host}: "
-                                     f"{_transport_reason(e)}") from e
-            if response.status_code in {401, 403}:
-                raise PlatformRefused(
-                    f"fal's Platform API refused to list requests of {endpoint} "
-                    f"({response.status_code}: {_platform_message(response)}); it lists only "
-                    "endpoints your account owns")
-            if response.status_code == 404:
-                return
-            if response.status_code >= 400:
-                raise FalUnavailable(f"fal's Platform API answered {response.status_code}: "
-                                     f"{_platform_message(response)}")
-            try:
-                data = response.json()
-                items = data["items"]
-            except (ValueError, KeyError, TypeError) as e:
-                raise FalError("fal's Platform API sent a malformed answer") from e
-            for item in items:
-                if isinstance(item, dict) and isinstance(item.get("request_id"), str):
-                    yield PlatformRequest(
-                        item["request_id"], str(item.get("endpoint_id", endpoint)),
-                        item.get("status_code"), item.get("sent_at"), item.get("ended_at"),
-                        item.get("json_input"), item.get("json_output"))
-            cursor = data.get("next_cursor")
-            if not data.get("has_more") or not cursor:
-                return
-            params["cursor"] = cursor
-    finally:
-        if client is None:
-            http.close()
-
-
-def _platform_message(response: httpx.Response) -> str:
-    try:
-        data = response.json()
-    except ValueError:
-        return _detail_text(response.text)
-    if isinstance(data, dict) and isinstance(data.get("error"), dict):
-        return _detail_text(data["error"].get("message", ""))
-    if isinstance(data, dict) and "detail" in data:
-        return _detail_text(data["detail"])
-    return _detail_text(data)

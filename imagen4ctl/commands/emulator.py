@@ -28,10 +28,23 @@ def emulator(
         typer.Option("--key", metavar="KEY",
                      help="Accepted FAL_KEY (repeatable). Default: any non-empty key."),
     ] = None,
+    locked_key: Annotated[
+        list[str] | None,
+        typer.Option("--locked-key", metavar="KEY",
+                     help="A key of a locked fal account (repeatable): submissions answer 403 "
+                     "\"User is locked\", status calls work."),
+    ] = None,
+    balance: Annotated[
+        float, typer.Option(help="The balance GET /v1/account/billing reports, in USD.")
+    ] = 10.0,
     fault: Annotated[
         str | None,
         typer.Option(metavar="SPEC",
-                     help="Run-wide faults: POINT=ACTION items, e.g. 'submit=429x3,file=slow:5'."),
+                     help="Run-wide faults: POINT=ACTION[xCOUNT] items, e.g. "
+                     "'submit=429x3,file=slow:5'; 'result=dropx1' (a result call drops once), "
+                     "'file=503x1', 'submit=queued:ingress502' (queued, then the answer is "
+                     "lost), 'cancel=ignored' (a running request ignores a cancel). "
+                     "Grammar: imagen4ctl/emulator/faults.py."),
     ] = None,
     cert_dir: Annotated[
         Path | None,
@@ -55,7 +68,8 @@ def emulator(
 
     stop = threading.Event()
     server = FalEmulator(latency=latency, accepted_keys=key or None, faults=faults, host=host,
-                         port=port, cert_dir=cert_dir)
+                         port=port, cert_dir=cert_dir, locked_keys=locked_key or (),
+                         balance=balance)
     try:
         server.start()
     except OSError as e:

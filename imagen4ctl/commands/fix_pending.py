@@ -24,7 +24,8 @@ def fix_pending(
     ctx: typer.Context,
     older_than: Annotated[
         str | None, typer.Option("--older-than", show_default=False,
-                                 help="Only rows unchanged this long (default: STUCK_AFTER).")
+                                 help="Only rows unchanged this long (default: STUCK_AFTER, "
+                                 "and the rows a generation left to fix-pending, at once).")
     ] = None,
     kind: Annotated[str, typer.Option("--kind", help="Only this kind.")] = "imagen4",
     user_id: UserFilterOption = None,
@@ -79,6 +80,7 @@ def fix_pending(
         older_than=parse_duration_option(older_than, "--older-than", app.settings.stuck_after),
         kind=kind, user_id=user_id, apply=apply, resubmit=resubmit, force=force, delete=delete,
         backup=backup, limit=limit, concurrency=concurrency, timeout=timeout,
+        handed_over=older_than is None,
     )
     report = app.recovery(options).run()
     if json_out:

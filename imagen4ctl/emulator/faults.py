@@ -15,6 +15,15 @@ Grammar (whitespace is ignored, items are separated by `,` or `;`)::
     platform                              and no x-fal-request-id: fal_client retries it
                malformed                  200 with a truncated JSON body (not for file)
                drop                       the connection closes without a response
+    submit     queued:ACTION e.g. queued:ingress502
+                                          the request IS queued (it runs, and is billed),
+                                          then its answer is replaced by ACTION (CODE,
+                                          ingressCODE, drop or malformed): an answer lost
+                                          on its way back, after fal accepted the request
+    cancel     ignored                    answered 202 CANCELLATION_REQUESTED as usual, but
+                                          a request already IN_PROGRESS runs on and
+                                          completes with its images (its runner ignores the
+                                          signal); a queued one is still removed
     file       notimage                   image/png content type, HTML bytes
                slow:SECONDS               the real PNG, trickled over SECONDS
                large:SIZE    e.g. large:60MB
@@ -28,7 +37,33 @@ Grammar (whitespace is ignored, items are separated by `,` or `;`)::
                                           this request's own latency
 
 `xCOUNT` (HTTP points only) makes a fault fire COUNT times, then the call succeeds: a
-"429 storm" is `submit=429x3`. Without it the fault fires on every call.
+"429 storm" is `submit=429x3`, a result call that drops once and then works is
+`result=dropx1`, an image URL that answers 503 once is `file=503x1`. Without it the fault
+fires on every call.
+
+What each fault imitates, and where fal says so:
+
+- Which answers fal_client 1.0.3 sends again by itself
+  (https://pypi.org/project/fal-client/1.0.3/, fal_client/client.py, `_should_retry` and
+  `_should_retry_response`, lines 1173-1211; `RETRY_CODES = [408, 409, 429]`,
+  `INGRESS_ERROR_CODES = [502, 503, 504]`, lines 1140-1144): every transport error and
+  timeout, 408/409/429, and a 502-504 that `_is_ingress_error` (lines 1156-1170) takes for
+  nginx's: no `x-fal-request-id` header and "nginx" in the body. Hence `ingressCODE` has
+  exactly that shape and an app CODE always carries the header.
+- `queued:ACTION`: a retried submission has no idempotency key, so an answer lost after fal
+  queued the request makes the retry a second request (fal_client 1.0.3 `SyncClient.submit`,
+  client.py line 2374, sends its POST through `_maybe_retry_request`).
+- `cancel=ignored`: "If the request is in the queue, fal removes it. If the request is in
+  progress, fal sends a cancellation signal to the runner. The model app decides how to stop
+  the work." (https://fal.ai/docs/inference-api/queue/cancel); "Without cancellation
+  handling, a cancelled request continues consuming GPU time until it finishes naturally."
+  (https://fal.ai/docs/documentation/development/handle-cancellations).
+- `submit=429`: "Callers can optionally set `fal_max_queue_length` to reject requests with
+  429 if the queue exceeds a threshold" (https://docs.fal.ai/documentation/deployment/requests):
+  a 429 at submit queued nothing. Whether fal sends `Retry-After` with it is not documented.
+- `run=error:TYPE`: fal's request error types and their HTTP codes
+  (https://docs.fal.ai/documentation/model-apis/request-errors); the result of such a
+  request "returns the same error" (https://fal.ai/docs/inference-api/queue/result).
 
 Where a fault comes from:
 
@@ -46,7 +81,7 @@ counts.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from imagen4ctl.durations import parse_size
 
@@ -84,6 +119,7 @@ class Fault:
     size: int | None = None
     error_type: str | None = None
     times: int | None = None  # None: every time
+    queued: bool = False  # submit only: the request is queued before the fault answers
 
     def describe(self) -> str:
         """The fault back in spec form, for logs and the command's banner."""
@@ -103,7 +139,8 @@ class Fault:
             case _:
                 action = self.action
         suffix = f"x{self.times}" if self.times is not None else ""
-        return f"{self.point}={action}{suffix}"
+        prefix = "queued:" if self.queued else ""
+        return f"{self.point}={prefix}{action}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -151,6 +188,13 @@ def _parse_action(point: str, action: str, item: str) -> Fault:
             error_type = action.partition(":")[2] or DEFAULT_ERROR_TYPE
             return Fault(point, "error", error_type=error_type)
         raise FaultSpecError(f"{item!r}: run takes error[:TYPE], noimages or hang")
+    if point == "submit" and lowered.startswith("queued:"):
+        lost = _parse_action(point, action[len("queued:"):], item)
+        if lost.action not in ("http", "ingress", "drop", "malformed") or lost.queued:
+            raise FaultSpecError(f"{item!r}: queued: takes CODE, ingressCODE, drop or malformed")
+        return replace(lost, queued=True)
+    if point == "cancel" and lowered == "ignored":
+        return Fault(point, "ignored")
     code = _CODE.fullmatch(action)
     if code:
         kind = "ingress" if code["ingress"] else "http"
@@ -193,9 +237,7 @@ def parse_faults(spec: str | None) -> FaultPlan:
         if match["times"] is not None:
             if point not in HTTP_POINTS:
                 raise FaultSpecError(f"{item!r}: only HTTP points take a count")
-            times = int(match["times"])
-            fault = Fault(fault.point, fault.action, fault.code, fault.seconds, fault.size,
-                          fault.error_type, times)
+            fault = replace(fault, times=int(match["times"]))
         faults[point] = fault
     return FaultPlan(tuple(faults.values()))
 

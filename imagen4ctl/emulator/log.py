@@ -25,6 +25,8 @@ class LogEntry:
     kind: Kind
     method: str
     path: str
+    # A submission's is set only when it queued a request: a refused one has none, while one
+    # whose answer was lost afterwards (`submit=queued:...`) has it with the lost answer's status.
     request_id: str | None
     key_fingerprint: str | None
     status: int | None  # None: the connection was dropped without an answer
@@ -72,6 +74,11 @@ class RequestLog:
     def submission_count(self, prompt_contains: str | None = None, key: str | None = None,
                          status: int | None = None) -> int:
         return len(self.submissions(prompt_contains, key, status))
+
+    def queued_count(self, prompt_contains: str | None = None, key: str | None = None) -> int:
+        """Submissions that put a request in the queue, each a paid generation: a row must
+        never have more than one, whatever became of their answers."""
+        return sum(1 for e in self.submissions(prompt_contains, key) if e.request_id is not None)
 
     def for_request(self, request_id: str) -> list[LogEntry]:
         return [e for e in self.entries() if e.request_id == request_id]

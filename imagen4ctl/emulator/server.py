@@ -10,27 +10,66 @@ needs, SSL_CERT_FILE included. One host serves everything:
                                                            200 COMPLETED (?logs=1 adds logs)
     GET  /{owner}/{alias}/requests/{id}         result  -> the model's answer once COMPLETED
     PUT  /{owner}/{alias}/requests/{id}/cancel  cancel  -> 202 / 400 ALREADY_COMPLETED / 404
-    GET  /files/{id}/{n}.png                    the images (public, like fal's CDN)
+    GET  /files/{id}/{n}.{png,jpeg,webp}        the images (public, like fal's CDN)
     GET  /v1/models/requests/by-endpoint        Platform API listing (see platform.py)
+    GET  /v1/serverless/requests/by-endpoint    the same, for endpoints the caller owns
+    GET  /v1/account/billing?expand=credits     the account's balance (see platform.py)
 
 A request spends `latency * queue_fraction` seconds IN_QUEUE, with queue_position counting
 down to 0, then the rest IN_PROGRESS, then COMPLETED. State is computed from timestamps, so
-any number of requests run side by side. The app behind the queue is Imagen 4 (model.py).
+any number of requests run side by side. The apps behind the queue are the three Imagen 4
+endpoints of imagen4ctl's registry (endpoints.py, checked in model.py); a result carries per
+image `url`, `content_type`, `file_name`, `file_size`, `width` and `height`, plus
+`description`, and no `seed`: fal-js's `Imagen4PreviewOutput = NanoBananaOutput` as of
+2026-04-07 (https://github.com/fal-ai/fal-js/blob/9830f25d025218a0d5eb684ab5193cad58d95955/
+libs/client/src/types/endpoints.ts, lines 31411 and 18516). With `sync_mode` the url is a
+data URI ("the media will be returned as a data URI", same types).
 
 Behaviour chosen where fal's documentation is silent (the real service may differ):
 
 - Invalid input is accepted at submit, like fal's queue does; the request completes without
-  an error in its status, and the result answers 422 with pydantic's `detail` list.
-- Cancelling a queued or running request answers 202; the request then ends COMPLETED with
-  error "Request was cancelled" / error_type "request_cancelled", and its result answers
-  400 with that detail. It never produces images and is not listed by the Platform API.
+  an error in its status, and the result answers 422 with pydantic's `detail` list. A field
+  the endpoint does not take is invalid input ("extra_forbidden"): fal's material does not
+  say whether fal refuses or ignores it, and refusing is the safe side.
+- A submission to any other endpoint path answers 404 at once, so a typo in an endpoint id
+  cannot pass a test. fal answers unknown paths with 404 (fal-ai/fal PR 99,
+  https://github.com/fal-ai/fal/pull/99, makes an app's 404 say "Path {path} not found");
+  whether the queue refuses at submit or the result answers 404, and the exact body, are
+  not documented.
+- Cancelling a queued or running request answers 202 {"status": "CANCELLATION_REQUESTED"},
+  a finished one 400 {"status": "ALREADY_COMPLETED"}, an unknown id 404 {"status":
+  "NOT_FOUND"} (fal's statuses: https://fal.ai/docs/inference-api/queue/cancel and
+  https://docs.fal.ai/documentation/deployment/requests, "CANCELLATION_REQUESTED (202) or
+  ALREADY_COMPLETED (400)"; the code of NOT_FOUND is not documented). fal removes a queued
+  request; a running one only gets a signal, and "the model app decides how to stop the
+  work" (same page). Here the runner stops at once: the request ends COMPLETED with error
+  "Request was cancelled" / error_type "request_cancelled" (fal does not document what a
+  cancelled request reports), its result answers 400 with that detail, it never produces
+  images and is not listed by the Platform API. With the fault `cancel=ignored` a running
+  request ignores the signal and completes with its images, billed, as an app without
+  cancellation handling does
+  (https://fal.ai/docs/documentation/development/handle-cancellations).
+- A submission is answered once it is queued; the fault `submit=queued:ACTION` queues the
+  request and then loses its answer (an nginx 502, a reset), which is how a client that
+  sends the POST again pays twice (see faults.py for fal_client's retry rules).
 - A result is kept `result_ttl` seconds after completion (`large_result_ttl` when its JSON
   is `large_result_threshold` bytes or more), as fal documents (1 hour / 6 minutes from
   10 KB). Afterwards the result answers 404 {"detail": "Request not found"}, the same as an
   unknown id; the status still says COMPLETED. Images stay served until `reset()`.
-- Keys: `Authorization: Key <key>`. Missing → 401; a key in `forbidden_keys` → 403 (fal's
-  locked-account message); a key outside `accepted_keys` (when set) → 401. All accepted keys
-  belong to one account: any of them can read any request.
+- Keys: `Authorization: Key <key>`. Missing → 401; a key outside `accepted_keys` (when set)
+  → 401; a key in `forbidden_keys` → 403 on every call (a key fal refuses outright; the body
+  is this emulator's, fal's is not documented). All accepted keys belong to one account: any
+  of them can read any request.
+- A locked account (a key in `locked_keys`): submissions answer 403
+  {"detail": "User is locked. Reason: <lock_reason>"}; status, result, cancel, files and the
+  Platform API answer as usual. Source: fal-ai/fal issue 1147
+  (https://github.com/fal-ai/fal/issues/1147: "A plain queue.fal.run/.../status GET returns
+  200, but ... all render calls return 403"); the bodies are quoted in issues 1112
+  (https://github.com/fal-ai/fal/issues/1112, "Exhausted balance. Top up your balance at
+  fal.ai/dashboard/billing."), 1163 (https://github.com/fal-ai/fal/issues/1163, "TOP_UP.")
+  and 1168 (https://github.com/fal-ai/fal/issues/1168, "Admin lock. Please contact
+  support@fal.ai"). A lock and the balance are separate knobs: 1112 and 1147 report a lock
+  that outlived a positive balance.
 - The sync API (fal.run) shares the host, so `fal_client.run()` is not emulated.
 
 Faults are described in faults.py; the request log in log.py.
@@ -38,6 +77,7 @@ Faults are described in faults.py; the request log in log.py.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
@@ -70,22 +110,43 @@ from imagen4ctl.emulator.faults import (
     faults_in_prompt,
     parse_faults,
 )
-from imagen4ctl.emulator.images import NOT_AN_IMAGE, image_size, padded_png, render_png
+from imagen4ctl.emulator.images import (
+    CONTENT_TYPES,
+    NOT_AN_IMAGE,
+    image_size,
+    padded_png,
+    render_image,
+)
 from imagen4ctl.emulator.log import Kind, LogEntry, RequestLog, fingerprint
 from imagen4ctl.emulator.model import Imagen4Input, ValidationError, validate
-from imagen4ctl.emulator.platform import PlatformError, PlatformRecord, endpoint_ids, list_requests
+from imagen4ctl.emulator.platform import (
+    PlatformError,
+    PlatformRecord,
+    billing,
+    endpoint_ids,
+    list_requests,
+)
+from imagen4ctl.endpoints import ENDPOINTS
 
 logger = logging.getLogger(__name__)
 
 APP_NAMESPACES = ("workflows", "comfy")
-LOCKED_MESSAGE = (
-    "User is locked. Reason: Exhausted balance. Top up your balance at fal.ai/dashboard/billing."
-)
+LOCK_REASONS = {  # fal's reasons as its users quote them (issues 1112/1147, 1163, 1168)
+    "balance": "Exhausted balance. Top up your balance at fal.ai/dashboard/billing.",
+    "top_up": "TOP_UP.",
+    "admin": "Admin lock. Please contact support@fal.ai",
+}
+LOCKED_PREFIX = "User is locked. Reason: "
+LOCKED_MESSAGE = LOCKED_PREFIX + LOCK_REASONS["balance"]
+FORBIDDEN_MESSAGE = "Forbidden: this key may not use this API"
 CANCELLED_MESSAGE = "Request was cancelled"
 CANCELLED_TYPE = "request_cancelled"
 SLOW_PIECES = 20
 _NOT_JSON = object()
-PLATFORM_PATHS = (("models", "requests", "by-endpoint"), ("serverless", "requests", "by-endpoint"))
+MODELS_LISTING = ("models", "requests", "by-endpoint")
+SERVERLESS_LISTING = ("serverless", "requests", "by-endpoint")
+PLATFORM_PATHS = (MODELS_LISTING, SERVERLESS_LISTING)
+BILLING_PATH = ("account", "billing")
 
 
 @dataclass
@@ -119,6 +180,7 @@ class _Trace:
     request_id: str | None = None
     key_fingerprint: str | None = None
     prompt: str | None = None
+    fault: Fault | None = None  # the fault that fired on this call, if any
 
 
 @dataclass
@@ -181,6 +243,15 @@ def _nginx_page(code: int) -> bytes:
             f"</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n").encode()
 
 
+def _unknown_endpoint(segments: list[str]) -> Reply:
+    """fal's 404 for a path no app serves; an Imagen 4 app's own words for a sub-path it
+    lacks ("Path /preview/fsat not found", fal-ai/fal PR 99)."""
+    known_apps = {"/".join(endpoint.split("/")[:2]) for endpoint in ENDPOINTS}
+    if len(segments) > 2 and "/".join(segments[:2]) in known_apps:
+        return _json_reply(404, {"detail": f"Path /{'/'.join(segments[2:])} not found"})
+    return _json_reply(404, {"detail": "Not Found"})
+
+
 def _json_reply(status: int, body: Any, request_id: str | None = None) -> Reply:
     headers = {"x-fal-request-id": request_id} if request_id else {}
     return Reply(status=status, body=_json_bytes(body), headers=headers)
@@ -200,12 +271,15 @@ class FalEmulator:
         queue_fraction: float = 0.3,
         accepted_keys: Iterable[str] | None = None,
         forbidden_keys: Iterable[str] = (),
+        locked_keys: Iterable[str] = (),
+        lock_reason: str = LOCK_REASONS["balance"],
+        balance: float = 10.0,
+        billing_refused: bool = False,
         faults: str | FaultPlan | None = None,
         result_ttl: float = 3600.0,
         large_result_ttl: float = 360.0,
         large_result_threshold: int = 10 * 1024,
         payload_ttl: float = 30 * 86400.0,
-        platform_owned_only: bool = False,
         owned_namespaces: Iterable[str] = (),
         queue_depth: int = 2,
         host: str = "127.0.0.1",
@@ -216,13 +290,15 @@ class FalEmulator:
         self.queue_fraction = queue_fraction
         self.accepted_keys: set[str] | None = None if accepted_keys is None else set(accepted_keys)
         self.forbidden_keys: set[str] = set(forbidden_keys)
+        self.locked_keys: set[str] = set(locked_keys)
+        self.lock_reason = lock_reason
+        self.balance = balance  # what GET /v1/account/billing reports, in USD
+        self.billing_refused = billing_refused  # 403 there: a key without billing permission
         self.result_ttl = result_ttl
         self.large_result_ttl = large_result_ttl
         self.large_result_threshold = large_result_threshold
         self.payload_ttl = payload_ttl
-        # fal's Platform API lists requests of endpoints the caller owns; off by default so
-        # the public fal-ai/imagen4 endpoint can be listed.
-        self.platform_owned_only = platform_owned_only
+        # The serverless/ listing covers only endpoints the caller owns (these namespaces).
         self.owned_namespaces: set[str] = set(owned_namespaces)
         self.queue_depth = queue_depth
         self.log = RequestLog()
@@ -235,9 +311,10 @@ class FalEmulator:
         self._jobs: dict[str, _Job] = {}
         self._rng = random.Random()
         self._defaults = {name: getattr(self, name) for name in (
-            "latency", "queue_fraction", "accepted_keys", "forbidden_keys", "faults",
+            "latency", "queue_fraction", "accepted_keys", "forbidden_keys", "locked_keys",
+            "lock_reason", "balance", "billing_refused", "faults",
             "result_ttl", "large_result_ttl", "large_result_threshold", "payload_ttl",
-            "platform_owned_only", "owned_namespaces", "queue_depth")}
+            "owned_namespaces", "queue_depth")}
 
         self._bind_host = host
         self._bind_port = port
@@ -428,7 +505,8 @@ class FalEmulator:
                     return self._cancel(request, app, rest[0], trace)
         return _json_reply(404, {"detail": "Not Found"})
 
-    def _auth(self, request: Request, trace: _Trace, platform: bool = False) -> Reply | None:
+    def _auth(self, request: Request, trace: _Trace, platform: bool = False,
+              submit: bool = False) -> Reply | None:
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
         key = key.strip()
         if scheme.lower() != "key" or not key:
@@ -436,9 +514,12 @@ class FalEmulator:
         else:
             trace.key_fingerprint = fingerprint(key)
             if key in self.forbidden_keys:
-                status, message = 403, LOCKED_MESSAGE
-            elif self.accepted_keys is not None and key not in self.accepted_keys:
+                status, message = 403, FORBIDDEN_MESSAGE
+            elif self.accepted_keys is not None and key not in (
+                    self.accepted_keys | self.locked_keys):  # a locked account's key is known
                 status, message = 401, "No user found for Key ID and Secret"
+            elif submit and key in self.locked_keys:
+                status, message = 403, LOCKED_PREFIX + self.lock_reason
             else:
                 return None
         if platform:
@@ -497,9 +578,12 @@ class FalEmulator:
             arguments = _NOT_JSON
         prompt = arguments.get("prompt") if isinstance(arguments, dict) else None
         trace.prompt = prompt if isinstance(prompt, str) else None
-        denied = self._auth(request, trace)
+        denied = self._auth(request, trace, submit=True)
         if denied is not None:
             return denied
+        endpoint = ENDPOINTS.get("/".join(segments))
+        if endpoint is None:
+            return _unknown_endpoint(segments)
         if arguments is _NOT_JSON:
             return _json_reply(422, {"detail": [{"loc": ["body"], "msg": "JSON decode error",
                                                  "type": "json_invalid"}]})
@@ -509,14 +593,14 @@ class FalEmulator:
         except FaultSpecError as e:
             return _json_reply(400, {"detail": f"bad fault directive: {e}"})
         fault = self._fire("submit", directives, f"{trace.prompt}\0{header}")
-        if fault is not None:
+        if fault is not None and not fault.queued:
             reply = self._http_fault(fault, None)
             if reply is not None:
                 return reply
 
         namespaced = segments[0] in APP_NAMESPACES and len(segments) >= 3
         app_id = "/".join(segments[:3] if namespaced else segments[:2])
-        model_input, errors = validate(arguments)
+        model_input, errors = validate(arguments, endpoint)
         now, request_id = time.monotonic(), str(uuid.uuid4())
         trace.request_id = request_id
         with self._lock:
@@ -543,6 +627,10 @@ class FalEmulator:
             # The images are made while the request runs, as at fal: rendered at completion,
             # a wave of requests finishing together would wait on this process's CPU.
             self._renderer.submit(self._file_sizes, job)
+        if fault is not None and fault.queued:  # queued, and billed; its answer is lost
+            lost = self._http_fault(fault, request_id)
+            if lost is not None:
+                return lost
         body = {"status": "IN_QUEUE", "request_id": request_id,
                 **self._urls(request, app_id, request_id), "queue_position": job.position}
         return _json_reply(200, body, request_id)
@@ -579,15 +667,21 @@ class FalEmulator:
             return _Outcome(code, {"detail": message, "error_type": error_type},
                             message, error_type)
         images: list[dict[str, Any]] = []
+        spec = job.model_input
+        width, height = image_size(spec.aspect_ratio, spec.resolution)
+        extension, content_type = spec.output_format, CONTENT_TYPES[spec.output_format]
         if job.run_fault is None or job.run_fault.action != "noimages":
             for index, size in enumerate(self._file_sizes(job)):
+                url = f"https://{request.host}/files/{job.request_id}/{index}.{extension}"
+                if spec.sync_mode:
+                    url = f"data:{content_type};base64," + base64.b64encode(
+                        self._image(job, index)).decode()
                 images.append({
-                    "url": f"https://{request.host}/files/{job.request_id}/{index}.png",
-                    "content_type": "image/png",
-                    "file_name": f"imagen4-{job.seed}-{index}.png",
-                    "file_size": size,
+                    "url": url, "content_type": content_type,
+                    "file_name": f"imagen4-{job.seed}-{index}.{extension}",
+                    "file_size": size, "width": width, "height": height,
                 })
-        return _Outcome(200, {"images": images, "seed": job.seed})
+        return _Outcome(200, {"images": images, "description": ""})
 
     def _file_fault(self, job: _Job) -> Fault | None:
         with self._lock:
@@ -605,15 +699,16 @@ class FalEmulator:
                 elif fault is not None and fault.action == "notimage":
                     sizes.append(len(NOT_AN_IMAGE))
                 else:
-                    sizes.append(len(self._png(job, index)))
+                    sizes.append(len(self._image(job, index)))
             job.file_sizes = sizes
         return job.file_sizes
 
     @staticmethod
-    def _png(job: _Job, index: int) -> bytes:
+    def _image(job: _Job, index: int) -> bytes:
         assert job.model_input is not None
         spec = job.model_input
-        return render_png(spec.aspect_ratio, spec.resolution, job.seed, index)
+        return render_image(spec.aspect_ratio, spec.resolution, job.seed, index,
+                            spec.output_format)
 
     def _logs(self, job: _Job, phase: _Phase, now: float) -> list[dict[str, str]]:
         if phase.state == "IN_QUEUE" or job.model_input is None:
@@ -651,7 +746,7 @@ class FalEmulator:
         job = self._job(app, request_id)
         if job is None:
             return _json_reply(404, missing or {"detail": "Request not found"})
-        fault = self._fire(point, job.directives, request_id)
+        fault = trace.fault = self._fire(point, job.directives, request_id)
         if fault is not None and (reply := self._http_fault(fault, request_id)) is not None:
             return reply
         return job
@@ -710,12 +805,15 @@ class FalEmulator:
         if isinstance(found, Reply):
             return found
         job = found
+        ignored = trace.fault is not None and trace.fault.action == "ignored"
         with self._lock:
             now = time.monotonic()
-            if self._phase(job, now).state == "COMPLETED":
+            state = self._phase(job, now).state
+            if state == "COMPLETED":
                 return _json_reply(400, {"status": "ALREADY_COMPLETED",
                                          "detail": "Request already completed"}, request_id)
-            job.cancelled_at = now
+            if not (ignored and state == "IN_PROGRESS"):
+                job.cancelled_at = now
         return _json_reply(202, {"status": "CANCELLATION_REQUESTED"}, request_id)
 
     # -- files -------------------------------------------------------------------------
@@ -729,10 +827,11 @@ class FalEmulator:
             job = self._jobs.get(request_id)
             phase = None if job is None else self._phase(job, time.monotonic())
         stem, _, extension = name.partition(".")
-        if (job is None or phase is None or phase.state != "COMPLETED" or extension != "png"
-                or not stem.isdigit() or job.model_input is None or job.cancelled_at is not None
-                or int(stem) >= job.model_input.num_images):
+        if (job is None or phase is None or phase.state != "COMPLETED" or not stem.isdigit()
+                or job.model_input is None or extension != job.model_input.output_format
+                or job.cancelled_at is not None or int(stem) >= job.model_input.num_images):
             return _json_reply(404, {"detail": "Not Found"})
+        content_type = CONTENT_TYPES[extension]
         index = int(stem)
         fault = self._fire("file", job.directives, request_id)
         if fault is not None:
@@ -748,17 +847,17 @@ class FalEmulator:
                 return Reply(body=padded_png(width, height, fault.size), length=fault.size,
                              content_type="image/png")
             if fault.action == "slow" and fault.seconds is not None:
-                data = self._png(job, index)
+                data = self._image(job, index)
                 step = math.ceil(len(data) / SLOW_PIECES)
                 pieces = [data[i:i + step] for i in range(0, len(data), step)]
-                return Reply(body=pieces, length=len(data), content_type="image/png",
+                return Reply(body=pieces, length=len(data), content_type=content_type,
                              chunk_delay=fault.seconds / len(pieces))
-        return Reply(body=self._png(job, index), content_type="image/png")
+        return Reply(body=self._image(job, index), content_type=content_type)
 
     # -- Platform API ------------------------------------------------------------------
 
     def _platform(self, request: Request, route: tuple[str, ...], trace: _Trace) -> Reply:
-        if request.method != "GET" or route not in PLATFORM_PATHS:
+        if request.method != "GET" or route not in (*PLATFORM_PATHS, BILLING_PATH):
             return _json_reply(404, {"error": {"type": "not_found", "message": "Not Found"}})
         denied = self._auth(request, trace, platform=True)
         if denied is not None:
@@ -768,8 +867,10 @@ class FalEmulator:
             reply = self._http_fault(fault, None, platform=True)
             if reply is not None:
                 return reply
+        if route == BILLING_PATH:
+            return self._billing(request)
         try:
-            if self.platform_owned_only:
+            if route == SERVERLESS_LISTING:
                 for endpoint in endpoint_ids(request.query):
                     if endpoint.split("/")[0] not in self.owned_namespaces:
                         raise PlatformError(
@@ -781,6 +882,13 @@ class FalEmulator:
         except PlatformError as e:
             return _json_reply(e.status, e.body())
         return _json_reply(200, body)
+
+    def _billing(self, request: Request) -> Reply:
+        if self.billing_refused:
+            return _json_reply(403, {"error": {
+                "type": "authorization_error",
+                "message": "This key lacks the billing:usage:read permission"}})
+        return _json_reply(200, billing(self.balance, request.query))
 
     def _platform_records(self, request: Request) -> list[PlatformRecord]:
         now = time.monotonic()

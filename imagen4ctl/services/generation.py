@@ -2,7 +2,9 @@
 
 validate → preflight (key, schema, bucket: no row, nothing paid on failure) → row PENDING →
 mark the submission attempt → submit → PROCESSING with the request id at once → wait →
-stream each image into storage → COMPLETED; or FAILED with a one-line reason. Each state
+stream each image into storage → COMPLETED; or FAILED with a one-line reason, when fal
+says no (verdicts.py); or still PROCESSING, with its last error, when a fault that may pass
+stopped it (fix-pending finishes it). Each state
 change commits on its own and is conditional on the status it expects, because each must
 survive a crash and must not overwrite another run's work (the exception to "the caller owns
 the transaction").
@@ -14,24 +16,25 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from imagen4ctl.adapters.download import ImageRejected
 from imagen4ctl.adapters.fal import (
-    Deadline,
     FalAdapter,
     FalStatus,
     FalSubmissionUnknown,
     FalTimeout,
+    ImageRef,
 )
+from imagen4ctl.adapters.fal_answers import FalResultRefused
 from imagen4ctl.db import generations
 from imagen4ctl.db.values import COMPLETED, FAILED, IMAGEN4, PENDING, PROCESSING, utcnow
-from imagen4ctl.endpoints import DEFAULT_ENDPOINT, ENDPOINTS, Endpoint
+from imagen4ctl.deadline import Deadline
+from imagen4ctl.endpoints import DEFAULT_ENDPOINT, ENDPOINTS, Endpoint, endpoint_named
 from imagen4ctl.errors import (
+    FalAccountLocked,
     FalCredentialsMissing,
     FalError,
-    FalRequestRejected,
     GenerationFailed,
     GenerationPending,
     Imagen4ctlError,
@@ -41,13 +44,15 @@ from imagen4ctl.keys import validate_user_id
 from imagen4ctl.services.images import MAX_UPLOADS, ImageStore
 from imagen4ctl.services.outcome import Outcome, Progress, ProgressCallback
 from imagen4ctl.services.pacing import FalSlot, PollSchedule
+from imagen4ctl.services.verdicts import FIX_PENDING_HINT, cancel_confirmed, is_verdict
 from imagen4ctl.settings import NO_FAL_KEY, crash_point
 
 if TYPE_CHECKING:
     from imagen4ctl.adapters.storage import Storage
     from imagen4ctl.db.session import Database
 
-FIX_PENDING_HINT = "`imagen4ctl fix-pending` will collect it."
+# Rows a batch never sent after a locked-account refusal: FAILED, so no worker sends them.
+NOT_SUBMITTED_LOCKED = "not submitted: account locked"
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class GenerationSpec:
     negative_prompt: str | None = None
     resolution: str | None = None
     kind: str = IMAGEN4
+    model: str | None = None  # the fal endpoint id; None: the service's (IMAGEN4_MODEL)
 
     def __post_init__(self) -> None:
         validate_user_id(self.user_id)
@@ -69,9 +75,8 @@ class GenerationSpec:
 
     @property
     def endpoint(self) -> Endpoint:
-        """The rules a spec is held to: IMAGEN4_MODEL may name any id (a proxy's, the
-        emulator's), and every one takes Imagen 4 preview's input."""
-        return ENDPOINTS[DEFAULT_ENDPOINT]
+        """The rules a spec is held to: its endpoint's (an unknown id is a usage error)."""
+        return endpoint_named(self.model or DEFAULT_ENDPOINT)
 
     def arguments(self) -> dict[str, Any]:
         """fal's Imagen 4 input."""
@@ -133,13 +138,19 @@ class GenerationService:
                                hint="Create it, or set MINIO_BUCKET / IMAGES_DIR.")
         return fal
 
+    def bound(self, spec: GenerationSpec) -> GenerationSpec:
+        """`spec` sent to IMAGEN4_MODEL unless it names an endpoint, and held to its rules."""
+        if spec.model is not None:
+            return spec
+        endpoint_named(self.model, source="IMAGEN4_MODEL")
+        return replace(spec, model=self.model)
+
     def _new_row(self, spec: GenerationSpec) -> generations.NewGeneration:
-        """A PENDING row for `spec`."""
-        params = {k: v for k, v in spec.arguments().items() if k not in {"prompt",
-                                                                          "aspect_ratio"}}
+        """A PENDING row for `spec`, recording the endpoint it goes to."""
+        spec = self.bound(spec)
         return generations.NewGeneration(spec.user_id, spec.kind, spec.prompt,
-                                         spec.aspect_ratio, fal_endpoint=self.model,
-                                         params=params)
+                                         spec.aspect_ratio, fal_endpoint=spec.model,
+                                         params=_row_params(spec))
 
     def create(self, spec: GenerationSpec) -> int:
         return self.create_many([spec])[0]
@@ -182,20 +193,26 @@ class GenerationService:
         wait: bool = True,
         on_progress: ProgressCallback | None = None,
         slot: FalSlot | None = None,
+        account_locked: threading.Event | None = None,
     ) -> Outcome:
         """Submit the PENDING row `generation_id` and see it through (after `preflight`).
 
         Never raises for fal or storage trouble: the outcome, and the row, say what happened.
         A batch's `slot` is released as soon as fal reports the final status (or the
-        generation stops earlier), before the images are stored.
-        """
+        generation stops earlier), before the images are stored. The first locked-account
+        refusal sets `account_locked`: the batch's later rows are then not submitted."""
         fal = self.require_fal()
         started = time.monotonic()
         outcome = Outcome(generation_id, spec.user_id, PENDING, prompt=spec.prompt,
                           aspect_ratio=spec.aspect_ratio)
         notify = on_progress or (lambda _p: None)
-        endpoint = self.model
+        endpoint = spec.model or self.model
         try:
+            if account_locked is not None and account_locked.is_set():
+                self._fail(outcome, NOT_SUBMITTED_LOCKED, [PENDING])
+                outcome.exception = GenerationFailed(f"generation {generation_id} "
+                                                     + NOT_SUBMITTED_LOCKED)
+                return outcome
             notify(Progress(generation_id, "submitting"))
             self._update(generation_id, [PENDING], submit_started_at=utcnow())
             crash_point("before_submit")
@@ -206,6 +223,12 @@ class GenerationService:
                              f"{e.message}")
                 outcome.error = f"submission state unknown: {e.message}"
                 outcome.exception = GenerationPending(outcome.error, hint=e.hint)
+                return outcome
+            except FalAccountLocked as e:  # every further submission would be refused too
+                if account_locked is not None:
+                    account_locked.set()  # before the slot lets the next one go
+                self._fail(outcome, e.message, [PENDING])
+                outcome.exception = e
                 return outcome
             except FalError as e:
                 # fal refused or was never reached: nothing is running there, nothing billed.
@@ -221,12 +244,14 @@ class GenerationService:
             if not wait:
                 return outcome
             self.images.prepare()
-            self._collect(outcome, endpoint, request_id, spec.user_id, deadline, notify,
+            self._collect(outcome, endpoint, request_id, spec, deadline, notify,
                           submission.sent_at, slot)
             return outcome
         except KeyboardInterrupt:
             outcome.error = "interrupted"
             hint = FIX_PENDING_HINT if outcome.fal_request_id else None
+            if outcome.fal_request_id:  # handed over: fix-pending takes it at once
+                self._update(generation_id, [PROCESSING], error="interrupted")
             outcome.exception = GenerationPending(
                 "interrupted; the row stays " + outcome.status, hint=hint)
             return outcome
@@ -243,7 +268,7 @@ class GenerationService:
         outcome: Outcome,
         endpoint: str,
         request_id: str,
-        user_id: str,
+        spec: GenerationSpec,
         deadline: Deadline,
         notify: ProgressCallback,
         submitted: float,
@@ -251,7 +276,6 @@ class GenerationService:
     ) -> None:
         """Wait for fal, then store the images; the row ends COMPLETED, FAILED or PROCESSING."""
         assert outcome.id is not None and self.fal is not None
-        fal = self.fal
         status = self._wait(outcome, endpoint, request_id, deadline, notify, submitted)
         if slot is not None:
             slot.release()  # fal has answered (or we stopped waiting): the next may go
@@ -263,29 +287,18 @@ class GenerationService:
                                                  f"{status.error}")
             return
         try:
-            result = fal.result(endpoint, request_id, deadline)
-        except FalTimeout as e:
-            outcome.error = e.message
-            outcome.exception = GenerationPending(
-                f"generation {outcome.id} finished at fal but its result did not arrive in time",
-                hint=FIX_PENDING_HINT)
-            return
+            result = self.fal.result(endpoint, request_id, deadline)
+            if not result.images:
+                raise FalResultRefused("fal returned no images")
         except FalError as e:
-            self._fail(outcome, e.message, [PROCESSING, PENDING])
-            outcome.exception = GenerationFailed(e.message)
-            return
-        if not result.images:
-            self._fail(outcome, "fal returned no images", [PROCESSING, PENDING])
-            outcome.exception = GenerationFailed(f"generation {outcome.id}: fal returned no "
-                                                 "images")
+            self._stop(outcome, e, "result", "its result could not be fetched")
             return
         notify(Progress(outcome.id, "downloading", f"{len(result.images)} image(s)"))
         try:
-            outcome.images = self.images.store(outcome.id, user_id,
+            outcome.images = self.images.store(outcome.id, spec.user_id,
                                                [i.url for i in result.images], deadline)
-        except ImageRejected as e:
-            self._fail(outcome, e.message, [PROCESSING, PENDING])
-            outcome.exception = GenerationFailed(f"generation {outcome.id}: {e.message}")
+        except FalError as e:  # the image host's; storage's are StorageError
+            self._stop(outcome, e, "download", "its images could not be downloaded")
             return
         except StorageError as e:
             # fal has the result; the row stays PROCESSING so fix-pending can still copy it.
@@ -297,8 +310,10 @@ class GenerationService:
             return
         keys = [image.key for image in outcome.images]
         crash_point("stored")
+        sizes = _fal_sizes(result.images)
         if self._update(outcome.id, [PROCESSING, PENDING], status=COMPLETED, result_urls=keys,
-                        completed_at=utcnow(), error=None):
+                        completed_at=utcnow(), error=None,
+                        **({"params": _row_params(spec) | sizes} if sizes else {})):
             outcome.status, outcome.error = COMPLETED, None
             notify(Progress(outcome.id, "completed"))
         else:
@@ -341,15 +356,9 @@ class GenerationService:
                 status = self.fal.status(endpoint, request_id, deadline)
             except FalTimeout:
                 break
-            except FalRequestRejected as e:
-                self._fail(outcome, e.message, [PROCESSING, PENDING])
-                outcome.exception = GenerationFailed(e.message)
-                return None
-            except FalError as e:
-                outcome.error = e.message
-                outcome.exception = GenerationPending(
-                    f"lost contact with fal while waiting for generation {outcome.id}: "
-                    f"{e.message}", hint=FIX_PENDING_HINT)
+            except FalError as e:  # even a 404: fix-pending asks fal's Platform API first
+                self._leave(outcome, f"status: {e.message}", "lost contact with fal while "
+                            f"waiting for generation {outcome.id}: {e.message}")
                 return None
             last = status
             if status.state == "COMPLETED":
@@ -376,25 +385,39 @@ class GenerationService:
         last: FalStatus,
         deadline: Deadline,
     ) -> None:
-        """The deadline came: cancel what is still queued; leave what runs to fix-pending."""
+        """The deadline came: a queued request is cancelled, FAILED once fal confirms it ended
+        unrun; one that runs, or may have begun to, is left to fix-pending (verdicts.py)."""
         assert outcome.id is not None and self.fal is not None
-        seconds = deadline.seconds or 0
-        if last.state == "IN_QUEUE":
-            try:
-                self.fal.cancel(endpoint, request_id, Deadline(5.0))
-            except FalError:
-                pass
-            else:
-                reason = "timed out in queue, cancelled"
-                self._fail(outcome, reason, [PROCESSING, PENDING])
-                outcome.exception = GenerationFailed(
-                    f"generation {outcome.id} {reason} after {seconds:g}s",
-                    hint="Raise --timeout; fal's queue may be long right now.")
-                return
-        outcome.error = f"still running at fal after {seconds:g}s"
-        outcome.exception = GenerationPending(
-            f"generation {outcome.id} is still running at fal after {seconds:g}s; "
-            "the row stays PROCESSING", hint=FIX_PENDING_HINT)
+        after = f"{deadline.seconds or 0:g}s"
+        if last.state != "IN_QUEUE":
+            self._leave(outcome, f"still running at fal after {after}",
+                        f"generation {outcome.id} is still running at fal after {after}")
+        elif cancel_confirmed(self.fal, endpoint, request_id):
+            reason = "timed out in queue, cancelled before it ran"
+            self._fail(outcome, reason, [PROCESSING, PENDING])
+            outcome.exception = GenerationFailed(
+                f"generation {outcome.id} {reason} after {after}",
+                hint="Raise --timeout; fal's queue may be long right now.")
+        else:
+            self._leave(outcome, f"cancel requested after {after} in fal's queue; fal may "
+                        "still run it", f"generation {outcome.id} timed out in fal's queue "
+                        f"after {after}; a cancel was requested, but fal may still run it")
+
+    def _stop(self, outcome: Outcome, error: FalError, step: str, failure: str) -> None:
+        """fal's own verdict fails the row; any other error leaves it to fix-pending."""
+        if is_verdict(error):
+            self._fail(outcome, error.message, [PROCESSING, PENDING])
+            outcome.exception = GenerationFailed(f"generation {outcome.id}: {error.message}")
+        else:
+            self._leave(outcome, f"{step}: {error.message}", f"generation {outcome.id} finished "
+                        f"at fal but {failure}: {error.message}")
+
+    def _leave(self, outcome: Outcome, error: str, message: str) -> None:
+        """The row stays PROCESSING, `error` its last error (fix-pending takes it at once)."""
+        outcome.error = " ".join(error.split())[:500]
+        self._update(outcome.id or 0, [PROCESSING], error=outcome.error)
+        outcome.exception = GenerationPending(f"{message}; the row stays PROCESSING",
+                                              hint=FIX_PENDING_HINT)
 
     # --- batches ---
 
@@ -428,6 +451,7 @@ class GenerationService:
         # The first submission goes out alone: the fal client, its TLS context and its first
         # connection are made once, not by a whole first wave contending for them.
         first_answered = threading.Event()
+        account_locked = threading.Event()
 
         def one(pair: tuple[int, GenerationSpec]) -> Outcome:
             generation_id, spec = pair
@@ -436,7 +460,7 @@ class GenerationService:
                 first_answered.wait()
             slot = FalSlot(places, first_answered if first else None)
             outcome = self.run(generation_id, spec, Deadline(timeout), on_progress=on_progress,
-                               slot=slot)
+                               slot=slot, account_locked=account_locked)
             if on_done is not None:
                 on_done(outcome)
             return outcome
@@ -453,6 +477,18 @@ class GenerationService:
     def existing_pairs(self, user_id: str, kind: str = IMAGEN4) -> set[tuple[str, str | None]]:
         """(prompt, aspect ratio) pairs this user has COMPLETED or in flight: seeding skips them."""
         return generations.taken_pairs(self.database, user_id, kind)
+
+
+def _row_params(spec: GenerationSpec) -> dict[str, Any]:
+    """The row's `params`: fal's input but the prompt and ratio, which have columns."""
+    return {k: v for k, v in spec.arguments().items() if k not in {"prompt", "aspect_ratio"}}
+
+
+def _fal_sizes(images: Sequence[ImageRef]) -> dict[str, Any]:
+    """fal's width and height of each image, for `params` (nullable: fal may omit them)."""
+    if not any(i.width is not None or i.height is not None for i in images):
+        return {}
+    return {"images": [{"width": i.width, "height": i.height} for i in images]}
 
 
 def _with_hint(error: Imagen4ctlError, cause: Imagen4ctlError) -> Imagen4ctlError:

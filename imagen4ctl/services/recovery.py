@@ -11,21 +11,26 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
-from imagen4ctl.adapters.fal import Deadline
+from imagen4ctl.adapters.download import ImageGone
+from imagen4ctl.adapters.fal_answers import FalResultRefused
 from imagen4ctl.db import generations
 from imagen4ctl.db.generations import GenerationRow
 from imagen4ctl.db.values import COMPLETED, FAILED, utcnow
+from imagen4ctl.deadline import Deadline
 from imagen4ctl.errors import FalError, FalRequestRejected, Imagen4ctlError, StorageError
 from imagen4ctl.services.backup import append as append_backup
 from imagen4ctl.services.backup import backup_line
 from imagen4ctl.services.generation import GenerationService, GenerationSpec
+from imagen4ctl.services.images import StoredImage
 from imagen4ctl.services.recovery_plan import Item, Planner, RecoveryOptions, RecoveryReport
+from imagen4ctl.services.verdicts import is_verdict
 
 CLAIM_STALE_AFTER = timedelta(minutes=15)
 
@@ -67,6 +72,8 @@ class Recovery:
         self.options = options
         self.planner = Planner(service, options, platform_url=platform_url, fal_key=fal_key)
         self.token = claim_token()
+        # Set by the first resubmission fal refuses for a locked account: the rest are not sent.
+        self.account_locked = threading.Event()
 
     def run(self) -> RecoveryReport:
         """fix-pending: find the stuck rows, stop before touching any if fal cannot be asked,
@@ -89,7 +96,7 @@ class Recovery:
         o = self.options
         return generations.stream_stuck(
             self.database, kind=o.kind, cutoff=utcnow() - timedelta(seconds=o.older_than),
-            user_id=o.user_id, limit=o.limit)
+            user_id=o.user_id, limit=o.limit, handed_over=o.handed_over)
 
     def item_for(self, row: GenerationRow, now: datetime) -> Item:
         """The row's times are aware UTC, however it was read."""
@@ -174,27 +181,23 @@ class Recovery:
             try:
                 result = self.planner.fal().result(item.endpoint, item.fal_request_id, deadline)
                 item.image_urls = [i.url for i in result.images]
+            except FalResultRefused as e:  # fal's verdict
+                self._fail_row(item, e.message)
+                return
             except FalRequestRejected:
                 self.planner.from_platform(item, reason="fal's queue result expired")
+                if item.failed:  # could not ask: the row stays as it was
+                    item.outcome = "failed"
+                    return
                 if item.action != "recover":
                     done = self.set_state(item, status=FAILED, error=item.error)
                     item.outcome = "done" if done else "skipped"
                     return
         if not item.image_urls:
-            item.action, item.error = "fail", "fal returned no images"
-            self.set_state(item, status=FAILED, error=item.error)
-            item.outcome = "done"
+            self._fail_row(item, "fal returned no images")
             return
-        try:
-            images = self.service.images.store(item.id, item.user_id, item.image_urls, deadline)
-        except StorageError as e:
-            item.outcome, item.failed = "failed", True
-            item.error = f"storage: {e.message}"
-            return
-        except FalError as e:  # the image itself is unusable: nothing will fix that later
-            item.action, item.error = "fail", e.message
-            self.set_state(item, status=FAILED, error=e.message)
-            item.outcome = "done"
+        images = self._store(item, deadline)
+        if images is None:
             return
         if self.set_state(item, status=COMPLETED, result_urls=[i.key for i in images],
                      fal_request_id=item.fal_request_id, completed_at=utcnow(), error=None):
@@ -203,10 +206,42 @@ class Recovery:
             item.outcome, item.failed = "failed", True
             item.error = "the row changed while its images were stored"
 
+    def _store(self, item: Item, deadline: Deadline) -> list[StoredImage] | None:
+        """The item's images in storage; None when it ended otherwise: fal's verdict failed
+        the row, or a fault that may pass (storage, the image host) left it as it was. An
+        image URL that answers 404 is final only if fal's Platform API has no other."""
+        try:
+            return self.service.images.store(item.id, item.user_id, item.image_urls, deadline)
+        except StorageError as e:
+            item.outcome, item.failed, item.error = "failed", True, f"storage: {e.message}"
+            return None
+        except ImageGone as e:
+            tried = item.image_urls
+            if item.source == "queue":
+                self.planner.from_platform(item, reason=e.message)
+                if item.failed:  # could not ask: the row stays as it was
+                    item.outcome = "failed"
+                    return None
+                if item.action == "recover" and item.image_urls != tried:
+                    return self._store(item, deadline)
+            self._fail_row(item, e.message)
+        except FalError as e:
+            if is_verdict(e):
+                self._fail_row(item, e.message)
+            else:
+                item.outcome, item.failed, item.error = "failed", True, f"download: {e.message}"
+        return None
+
+    def _fail_row(self, item: Item, error: str) -> None:
+        """fal's verdict: the row ends FAILED with `error`."""
+        item.action, item.error = "fail", error
+        item.outcome = "done" if self.set_state(item, status=FAILED, error=error) else "skipped"
+
     def _resubmit(self, item: Item) -> None:
         assert item.spec is not None
         self.service.preflight()
-        outcome = self.service.run(item.id, item.spec, Deadline(self.options.timeout))
+        outcome = self.service.run(item.id, item.spec, Deadline(self.options.timeout),
+                                   account_locked=self.account_locked)
         item.fal_request_id = outcome.fal_request_id
         item.status = outcome.status
         if outcome.status == COMPLETED:

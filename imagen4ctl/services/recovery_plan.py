@@ -1,7 +1,9 @@
 """fix-pending's plan: what became of each stuck row at fal, and so what to do with it.
 
 Read-only: fal's queue is asked first, then its Platform API (which keeps payloads after the
-queue has forgotten a request); no row is changed and nothing is paid for here.
+queue has forgotten a request); no row is changed and nothing is paid for here. Only an
+answer decides a row: a question fal would not answer (401/403, a wrong FAL_PLATFORM_API_URL,
+no connection) leaves it as it was, "could not ask", and fix-pending exits 1.
 """
 
 from __future__ import annotations
@@ -13,20 +15,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from imagen4ctl.adapters.fal import (
-    Deadline,
-    FalStatus,
-    PlatformRefused,
-    PlatformRequest,
-    parse_result,
-    platform_requests,
-)
+from imagen4ctl.adapters.fal import FalStatus, parse_result
+from imagen4ctl.adapters.fal_platform import PlatformAPI, PlatformRequest
 from imagen4ctl.db.values import PENDING, as_utc, utcnow
+from imagen4ctl.deadline import Deadline
 from imagen4ctl.errors import FalError, FalRequestRejected, UsageError
 
 if TYPE_CHECKING:
-    import httpx
-
     from imagen4ctl.adapters.fal import FalAdapter
     from imagen4ctl.services.generation import GenerationService, GenerationSpec
 
@@ -103,6 +98,9 @@ class RecoveryOptions:
     limit: int | None = None
     concurrency: int = 4
     timeout: float = 300.0
+    # Also the rows a generation handed over (in flight, with its request id and last error),
+    # however recent: it told the user to run fix-pending.
+    handed_over: bool = False
 
     def __post_init__(self) -> None:
         if self.delete and self.backup is None:
@@ -123,11 +121,10 @@ class Planner:
         self.fal_key = fal_key
 
     @cached_property
-    def _platform_http(self) -> httpx.Client:
+    def _platform(self) -> PlatformAPI:
         """One client for every Platform API lookup of a run (thread-safe, CA loaded once)."""
-        import httpx
-
-        return httpx.Client(follow_redirects=False)
+        return PlatformAPI(self.platform_url, self.fal_key,
+                           trusted_hosts=self.service.trusted_hosts)
 
     def plan(self, candidates: list[tuple[Item, datetime | None]]) -> RecoveryReport:
         """Ask fal (read-only, with bounded concurrency) what became of each candidate. Rows
@@ -203,17 +200,12 @@ class Planner:
         """fal's queue no longer has it: its Platform API may still hold the payloads."""
         assert item.fal_request_id is not None
         try:
-            found = next(iter(platform_requests(
-                self.platform_url, self.fal_key, item.endpoint, Deadline(30.0),
-                request_id=item.fal_request_id, start=_iso(utcnow() - timedelta(days=90)),
-                trusted_hosts=self.service.trusted_hosts, client=self._platform_http)), None)
-        except PlatformRefused as e:
-            item.action = "delete" if self.options.delete else "fail"
-            item.error = f"{reason}; {e.message}"
-            return
-        except FalError as e:
+            found = next(iter(self._platform.requests(
+                item.endpoint, Deadline(30.0), request_id=item.fal_request_id,
+                start=_iso(utcnow() - timedelta(days=90)))), None)
+        except FalError as e:  # refused, wrong URL, unreachable: no verdict on the row
             item.action, item.failed = "skip", True
-            item.error = f"fal's Platform API could not be asked: {e.message}"
+            item.error = f"could not ask: {e.message} — {reason}"
             return
         self._from_platform_record(item, found, reason)
 
@@ -241,21 +233,18 @@ class Planner:
         endpoint, time window and prompt, instead of paying for it twice."""
         mark = as_utc(submit_mark) or utcnow()
         try:
-            for record in platform_requests(
-                self.platform_url, self.fal_key, item.endpoint, Deadline(30.0),
-                start=_iso(mark - timedelta(minutes=1)), end=_iso(utcnow() + timedelta(minutes=1)),
-                trusted_hosts=self.service.trusted_hosts, client=self._platform_http,
+            for record in self._platform.requests(
+                item.endpoint, Deadline(30.0), start=_iso(mark - timedelta(minutes=1)),
+                end=_iso(utcnow() + timedelta(minutes=1)),
             ):
                 arguments = record.json_input if isinstance(record.json_input, dict) else {}
                 if item.spec is not None and arguments.get("prompt") == item.spec.prompt and \
                         arguments.get("aspect_ratio", "1:1") == item.spec.aspect_ratio:
                     item.source = "platform"
                     return record.request_id
-        except PlatformRefused as e:
-            item.error = f"{STATE_UNKNOWN}; {e.message}"
-        except FalError as e:
+        except FalError as e:  # refused, wrong URL, unreachable: neither fail nor resubmit
             item.action, item.failed = "skip", True
-            item.error = f"fal's Platform API could not be asked: {e.message}"
+            item.error = f"could not ask: {e.message} — {STATE_UNKNOWN}"
         return None
 
 

@@ -150,19 +150,20 @@ def test_expired_queue_result_recovered_from_the_platform_api(
     assert rows(migrated_db)[0].status == "COMPLETED"
 
 
-def test_platform_api_refused_for_a_public_model_fails_plainly(
+def test_platform_api_refused_is_a_failure_to_ask_not_a_verdict(
     cli: Cli, env: dict[str, str], migrated_db: str, fal_emulator: Any
 ) -> None:
     fal_emulator.result_ttl = fal_emulator.large_result_ttl = 0.05
-    fal_emulator.platform_owned_only = True
-    processing_row(cli, env, "nobody owns this")
+    fal_emulator.faults = "platform=403"  # more in test_fix_pending_refusals.py
+    processing_row(cli, env, "the lookup is refused")
     time.sleep(0.8)
     age_all(migrated_db)
     result, data = fix(cli, env, "--apply")
+    assert result.exit_code == 1
     [item] = data["items"]
-    assert item["action"] == "fail"
-    assert "Platform API refused" in item["error"] and "owns" in item["error"]
-    assert rows(migrated_db)[0].status == "FAILED"
+    assert item["action"] == "skip"
+    assert item["error"].startswith("could not ask: fal's Platform API refused")
+    assert rows(migrated_db)[0].status == "PROCESSING"
 
 
 def test_running_request_is_left_waiting(cli: Cli, env: dict[str, str], migrated_db: str) -> None:

@@ -70,6 +70,24 @@ def test_stuck_rows_stream_oldest_first_with_aware_times_and_decoded_params(
     db.dispose()
 
 
+def test_rows_handed_over_to_fix_pending_are_stuck_at_once_when_asked(migrated_db: str) -> None:
+    """A generation that stopped on a fault leaves its row PROCESSING with its request id and
+    last error, and tells the user to run fix-pending: that run must find it, however recent."""
+    insert_rows(migrated_db, [
+        bot_row("1", "imagen4", "PROCESSING", fal_request_id="r-1", error="result: dropped"),
+        bot_row("2", "imagen4", "PROCESSING", fal_request_id="r-2"),  # still being waited on
+        bot_row("3", "imagen4", "PENDING", error="submission state unknown: lost"),
+        bot_row("4", "imagen4", "PROCESSING", age=timedelta(hours=1), fal_request_id="r-4"),
+    ])
+    db = Database(migrated_db)
+    cutoff = ago(minutes=30)
+    handed = generations.stream_stuck(db, kind="imagen4", cutoff=cutoff, handed_over=True)
+    assert sorted(r.user_id for r in handed) == ["1", "4"]
+    aged = generations.stream_stuck(db, kind="imagen4", cutoff=cutoff)
+    assert [r.user_id for r in aged] == ["4"]
+    db.dispose()
+
+
 def test_insert_new_skips_what_is_done_or_in_flight(migrated_db: str) -> None:
     insert_rows(migrated_db, [bot_row("7", "imagen4", "COMPLETED", prompt="a"),
                               bot_row("7", "imagen4", "FAILED", prompt="b")])

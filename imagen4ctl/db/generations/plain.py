@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 # The columns a state change may set (they are named in the SQL, never taken from input).
 UPDATABLE = frozenset({
     "status", "fal_request_id", "result_urls", "error", "updated_at", "submit_started_at",
-    "submitted_at", "completed_at",
+    "submitted_at", "completed_at", "params",
 })
 # A (user, prompt, ratio) with such a row is not generated again by seeding: done or on its way.
 _TAKEN = f"status IN {sql_list((COMPLETED, *IN_FLIGHT))}"
@@ -140,11 +140,16 @@ _STUCK_COLUMNS = (
 
 
 def stream_stuck(db: Database, *, kind: str, cutoff: datetime, user_id: str | None = None,
-                 limit: int | None = None) -> Iterator[GenerationRow]:
+                 limit: int | None = None, handed_over: bool = False) -> Iterator[GenerationRow]:
     """PENDING/PROCESSING rows unchanged since `cutoff`, oldest first, streamed (never all in
     memory) through the driver: SQLAlchemy's import and its objects cost more than 10,000
-    rows."""
-    where = ["kind = :kind", f"status IN {sql_list(IN_FLIGHT)}", "updated_at < :cutoff"]
+    rows. With `handed_over`, also the rows a generation left to fix-pending, whatever their
+    age: PROCESSING, with a request id and the error that stopped it."""
+    unchanged = "updated_at < :cutoff"
+    if handed_over:
+        unchanged = (f"({unchanged} OR (status = '{PROCESSING}' AND fal_request_id IS NOT NULL "
+                     "AND error IS NOT NULL))")
+    where = ["kind = :kind", f"status IN {sql_list(IN_FLIGHT)}", unchanged]
     params: dict[str, Any] = {"kind": kind, "cutoff": cutoff}
     if user_id is not None:
         where.append("user_id = :user_id")
