@@ -59,7 +59,8 @@ def fix_pending(
     """Find PENDING/PROCESSING rows stuck longer than a threshold and recover them from fal.
 
     A dry run by default: it prints the plan and changes nothing. Exit 0 when every action
-    succeeded, 1 when fal could not be asked about a row or an action failed.
+    succeeded, 1 when fal could not be asked about a row, a row cannot be resubmitted as it
+    is, or an action failed.
 
     Example: imagen4ctl fix-pending --apply --resubmit
     """

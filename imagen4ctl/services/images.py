@@ -4,11 +4,11 @@ object key, all or nothing. Generation, fix-pending and reconcile all store thro
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from imagen4ctl.adapters.download import Downloader, load_image_support
 from imagen4ctl.errors import StorageError
@@ -16,6 +16,7 @@ from imagen4ctl.keys import object_key
 from imagen4ctl.settings import crash_point
 
 if TYPE_CHECKING:
+    from imagen4ctl.adapters.fal import ImageRef
     from imagen4ctl.adapters.storage import Storage
     from imagen4ctl.deadline import Deadline
 
@@ -41,6 +42,18 @@ class StoredImage:
 def is_remote(entry: str) -> bool:
     """A `result_urls` entry that is still a URL (fal's CDN), not an object key."""
     return entry.startswith(_REMOTE)
+
+
+def fal_sizes(params: Any, images: Sequence[ImageRef]) -> dict[str, Any]:
+    """The column values that keep fal's width and height of each image in the row's `params`
+    (under "images"), for generate and fix-pending alike: `{"params": ...}`, or nothing when
+    fal gave no sizes (it may omit them) or the row's `params` is not an object to add to."""
+    if not any(i.width is not None or i.height is not None for i in images):
+        return {}
+    if params is not None and not isinstance(params, dict):
+        return {}
+    sizes = [{"width": i.width, "height": i.height} for i in images]
+    return {"params": {**(params or {}), "images": sizes}}
 
 
 class ImageStore:

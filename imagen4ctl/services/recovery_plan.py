@@ -15,7 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from imagen4ctl.adapters.fal import FalStatus, parse_result
+from imagen4ctl.adapters.fal import FalStatus, ImageRef, parse_result
 from imagen4ctl.adapters.fal_platform import PlatformAPI, PlatformRequest
 from imagen4ctl.db.values import PENDING, as_utc, utcnow
 from imagen4ctl.deadline import Deadline
@@ -52,9 +52,17 @@ class Item:
     read_request_id: str | None = field(default=None, repr=False)
     read_submit_mark: bool = field(default=False, repr=False)
     endpoint: str = field(default="", repr=False)
-    spec: GenerationSpec | None = field(default=None, repr=False)
-    image_urls: list[str] = field(default_factory=list, repr=False)
+    prompt: str = field(default="", repr=False)
+    aspect_ratio: str | None = field(default=None, repr=False)
+    params: Any = field(default=None, repr=False)
+    spec: GenerationSpec | None = field(default=None, repr=False)  # to send it again
+    unsendable: str | None = field(default=None, repr=False)  # why there is no `spec`
+    images: list[ImageRef] = field(default_factory=list, repr=False)
     failed: bool = field(default=False, repr=False)  # fal could not be asked, or it failed
+
+    @property
+    def image_urls(self) -> list[str]:
+        return [image.url for image in self.images]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -101,6 +109,9 @@ class RecoveryOptions:
     # Also the rows a generation handed over (in flight, with its request id and last error),
     # however recent: it told the user to run fix-pending.
     handed_over: bool = False
+    # Seconds after which another run's claim, not renewed, is stale: the worker's
+    # --claim-timeout (its claims are renewed); fix-pending's own claims are not.
+    claim_timeout: float = 900.0
 
     def __post_init__(self) -> None:
         if self.delete and self.backup is None:
@@ -166,10 +177,13 @@ class Planner:
     def _without_request(self, item: Item, reason: str, *, allow_resubmit: bool = True) -> None:
         o = self.options
         resubmit = o.resubmit if reason == NEVER_SUBMITTED else o.force
-        if resubmit and allow_resubmit and item.spec is not None and item.status == PENDING:
-            item.action = "resubmit"
-        else:
+        if not (resubmit and allow_resubmit and item.status == PENDING):
             item.action, item.error = ("delete" if o.delete else "fail"), reason
+        elif item.spec is not None:
+            item.action = "resubmit"
+        else:  # never sent with a value dropped or changed: the row waits for a decision
+            item.action, item.failed = "skip", True
+            item.error = f"not resubmitted: {item.unsendable} — {reason}"
 
     def _ask_fal(self, item: Item) -> None:
         """Decide from fal's answer about the item's request id."""
@@ -203,9 +217,8 @@ class Planner:
             found = next(iter(self._platform.requests(
                 item.endpoint, Deadline(30.0), request_id=item.fal_request_id,
                 start=_iso(utcnow() - timedelta(days=90)))), None)
-        except FalError as e:  # refused, wrong URL, unreachable: no verdict on the row
-            item.action, item.failed = "skip", True
-            item.error = f"could not ask: {e.message} — {reason}"
+        except FalError as e:
+            _could_not_ask(item, e, reason)
             return
         self._from_platform_record(item, found, reason)
 
@@ -221,7 +234,7 @@ class Planner:
             item.error = f"fal: the request ended with status {found.status_code}"
             return
         try:
-            item.image_urls = [i.url for i in parse_result(found.json_output).images]
+            item.images = list(parse_result(found.json_output).images)
         except FalError as e:
             item.action, item.error = ("delete" if self.options.delete else "fail"), \
                 f"fal's Platform API has no usable output: {e.message}"
@@ -238,14 +251,20 @@ class Planner:
                 end=_iso(utcnow() + timedelta(minutes=1)),
             ):
                 arguments = record.json_input if isinstance(record.json_input, dict) else {}
-                if item.spec is not None and arguments.get("prompt") == item.spec.prompt and \
-                        arguments.get("aspect_ratio", "1:1") == item.spec.aspect_ratio:
+                if arguments.get("prompt") == item.prompt and \
+                        arguments.get("aspect_ratio", "1:1") == (item.aspect_ratio or "1:1"):
                     item.source = "platform"
                     return record.request_id
-        except FalError as e:  # refused, wrong URL, unreachable: neither fail nor resubmit
-            item.action, item.failed = "skip", True
-            item.error = f"could not ask: {e.message} — {STATE_UNKNOWN}"
+        except FalError as e:  # neither fail nor resubmit
+            _could_not_ask(item, e, STATE_UNKNOWN)
         return None
+
+
+def _could_not_ask(item: Item, error: FalError, about: str) -> None:
+    """fal would not answer (refused, a wrong URL, unreachable): no verdict on the row, which
+    stays as it was, and the run exits 1."""
+    item.action, item.failed = "skip", True
+    item.error = f"could not ask: {error.message} — {about}"
 
 
 def _iso(moment: datetime) -> str:

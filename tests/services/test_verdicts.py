@@ -103,8 +103,8 @@ def test_a_connection_reset_during_the_download_is_a_passing_fault(
 
 
 @pytest.mark.parametrize(("fault", "error"), [
-    ("status=503", "status: fal answered the status with 503"),
-    ("status=drop", "status: cannot reach fal"),
+    ("stream=refuse,status=503", "status: fal answered the status with 503"),
+    ("stream=refuse,status=drop", "status: cannot reach fal"),
     ("result=503", "result: fal answered the result with 503"),
     ("result=ingress502", "result: fal did not answer the result in time"),
     ("result=malformed", "result: fal sent a malformed answer"),
@@ -120,8 +120,8 @@ def test_fix_pending_takes_a_handed_over_row_at_once_unless_told_an_age(
     cli: Cli, env: dict[str, str], migrated_db: str
 ) -> None:
     """The command just said "run fix-pending": the row must not wait for STUCK_AFTER."""
-    left_in_flight(cli("generate", "handed over [fault:status=503]", env=env), migrated_db,
-                   "status: fal answered the status with 503")
+    left_in_flight(cli("generate", "handed over [fault:stream=refuse,status=503]", env=env),
+                   migrated_db, "status: fal answered the status with 503")
     dry = cli("fix-pending", "--json", env=env)
     assert [item["id"] for item in dry.json()["items"]] == [rows(migrated_db)[0].id]  # type: ignore[index]
     aged = cli("fix-pending", "--older-than", "1h", "--json", env=env)
@@ -149,6 +149,7 @@ def test_an_ingress_502_after_queueing_is_adopted_never_resubmitted(
 
 
 @pytest.mark.parametrize(("fault", "error"), [
+    ("run=error:internal_error", "Internal server error"),
     ("result=422", "fal refused the arguments"),
     ("result=400", "fal answered the result with 400"),
     ("run=noimages", "fal returned no images"),
@@ -159,6 +160,7 @@ def test_fal_s_verdict_fails_the_row_at_once(
 ) -> None:
     result = cli("generate", f"verdict [fault:{fault}]", env=env)
     assert result.exit_code == 1 and error in result.stderr
+    assert "Traceback" not in result.output
     [row] = rows(migrated_db)
     assert row.status == "FAILED" and row.error is not None and error in row.error
     assert stored(s3_bucket) == []
