@@ -33,6 +33,19 @@ from imagen4ctl.settings import VARIABLES  # noqa: E402
 OWN_VARIABLES = tuple(v.name for v in VARIABLES)
 KEY = "bench-key-0001"
 
+# Imports imagen4ctl from the trees in argv[1] (os.pathsep-separated), not through the
+# editable install's finder, then runs the CLI with the remaining arguments: how ab.py and
+# batch.py --rev run another revision.
+LAUNCHER = """
+import os, sys
+trees = sys.argv.pop(1).split(os.pathsep)
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f)]
+sys.path[0:0] = trees
+sys.argv[0] = "imagen4ctl"
+from imagen4ctl.cli import main
+main()
+"""
+
 
 def bench_env(**extra: str) -> dict[str, str]:
     """This process's environment without imagen4ctl's variables, plus `extra`."""

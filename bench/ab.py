@@ -33,21 +33,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from _common import compile_package
-from _perf import KEY, ROOT, BenchError, Samples, bench_env, fal_emulator, header, machine
+from _perf import (
+    KEY,
+    LAUNCHER,
+    ROOT,
+    BenchError,
+    Samples,
+    bench_env,
+    fal_emulator,
+    header,
+    machine,
+)
 from batch import completed, write_prompts
-
-# Imports imagen4ctl from the trees in argv[1] (os.pathsep-separated), not through the
-# editable install's finder, then runs the CLI with the remaining arguments.
-LAUNCHER = """
-import os, sys
-trees = sys.argv.pop(1).split(os.pathsep)
-sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f)]
-sys.path[0:0] = trees
-sys.argv[0] = "imagen4ctl"
-from imagen4ctl.cli import main
-main()
-"""
-
 
 MEASURES = ("wall", "first", "rest", "drift")
 

@@ -4,6 +4,7 @@ the batch, a summary table, and the exit code."""
 from __future__ import annotations
 
 import gc
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from imagen4ctl.errors import FalAccountLocked, GenerationFailed, UsageError
-from imagen4ctl.output import console, print_json, progress_bar
+from imagen4ctl.output import console, err_console, print_json, progress_bar
 
 if TYPE_CHECKING:
     from imagen4ctl.services.generation import GenerationService, GenerationSpec
@@ -48,6 +49,7 @@ def run_and_report(
     json_out: bool,
     unique: bool = False,
     json_extra: dict[str, object] | None = None,
+    debug: bool = False,
 ) -> list[Outcome]:
     """Run the batch with one progress bar, print the summary (or JSON), fail if any failed;
     a locked fal account is the error then, since it decided every row not yet sent."""
@@ -75,6 +77,8 @@ def run_and_report(
                           f"{o.seconds:.1f}", escape(detail),
                           style=None if o.status == "COMPLETED" else "red")
         console.print(table)
+    if debug:
+        show_following(outcomes)
     failed = [o for o in outcomes if o.status != "COMPLETED"]
     locked = next((o.exception for o in outcomes if isinstance(o.exception, FalAccountLocked)),
                   None)
@@ -87,3 +91,16 @@ def run_and_report(
                                hint="See the table; `imagen4ctl fix-pending` collects those "
                                "still PROCESSING.")
     return outcomes
+
+
+def show_following(outcomes: list[Outcome]) -> None:
+    """--debug: how each generation heard from fal (its status stream, or polling), on stderr."""
+    if len(outcomes) == 1:
+        [o] = outcomes
+        if o.followed:
+            err_console.print(f"debug: generation {o.id} followed by {escape(o.followed)}",
+                              soft_wrap=True)
+        return
+    for how, count in Counter(o.followed for o in outcomes if o.followed).most_common():
+        err_console.print(f"debug: {count} generation(s) followed by {escape(how)}",
+                          soft_wrap=True)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from imagen4ctl.commands._batch import read_prompt_file, run_and_report
+from imagen4ctl.commands._batch import read_prompt_file, run_and_report, show_following
 from imagen4ctl.commands.options import TimeoutOption, UserIdOption, resolve_user_id
 from imagen4ctl.context import AppContext
 from imagen4ctl.endpoints import endpoint_named, model_help, option_help
@@ -82,7 +82,8 @@ def generate(
                  for r, p in read_prompt_file(from_file)]
         run_and_report(app.generation_service(), specs, concurrency=concurrency,
                        timeout=timeout if timeout is not None else app.settings.timeout,
-                       title=f"batch of {len(specs)} from {from_file}", json_out=json_out)
+                       title=f"batch of {len(specs)} from {from_file}", json_out=json_out,
+                       debug=app.debug)
         return
     assert prompt is not None
     spec = GenerationSpec(user_id=owner, prompt=prompt, aspect_ratio=aspect_ratio,
@@ -97,6 +98,8 @@ def generate(
         print_json(outcome.to_json())
     else:
         render_outcome(outcome)
+    if app.debug:
+        show_following([outcome])
     if outcome.exception is not None:
         raise outcome.exception
 

@@ -46,4 +46,4 @@ def seed_gallery(
     seconds = timeout if timeout is not None else app.settings.timeout
     run_and_report(service, specs, concurrency=concurrency, timeout=seconds,
                    unique=not force, title=f"gallery of user {owner}", json_out=json_out,
-                   json_extra={"user_id": owner, "skipped": plan.skipped})
+                   json_extra={"user_id": owner, "skipped": plan.skipped}, debug=app.debug)

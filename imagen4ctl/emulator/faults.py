@@ -9,11 +9,12 @@ Grammar (whitespace is ignored, items are separated by `,` or `;`)::
     ---------  -------------------------  --------------------------------------------------
     submit     CODE          e.g. 500     the app answers CODE with {"detail": ...} and an
     status                                x-fal-request-id header (fal_client retries only
-    result                                408/409/429 of these)
-    cancel     ingressCODE   e.g. ingress503
-    file                                  nginx answers CODE (502/503/504) with an HTML body
-    platform                              and no x-fal-request-id: fal_client retries it
-               malformed                  200 with a truncated JSON body (not for file)
+    stream                                408/409/429 of these)
+    result     ingressCODE   e.g. ingress503
+    cancel                                nginx answers CODE (502/503/504) with an HTML body
+    file                                  and no x-fal-request-id: fal_client retries it
+    platform   malformed                  200 with a truncated JSON body (not for file; for
+                                          stream: an answer that is not an event stream)
                drop                       the connection closes without a response
     submit     queued:ACTION e.g. queued:ingress502
                                           the request IS queued (it runs, and is billed),
@@ -24,6 +25,10 @@ Grammar (whitespace is ignored, items are separated by `,` or `;`)::
                                           a request already IN_PROGRESS runs on and
                                           completes with its images (its runner ignores the
                                           signal); a queued one is still removed
+    stream     refuse                     404 {"detail": "Not Found"}: a host that does not
+                                          serve the status stream
+               cut                        the stream sends its first event, then the
+                                          connection closes mid-stream (no COMPLETED)
     file       notimage                   image/png content type, HTML bytes
                slow:SECONDS               the real PNG, trickled over SECONDS
                large:SIZE    e.g. large:60MB
@@ -38,8 +43,8 @@ Grammar (whitespace is ignored, items are separated by `,` or `;`)::
 
 `xCOUNT` (HTTP points only) makes a fault fire COUNT times, then the call succeeds: a
 "429 storm" is `submit=429x3`, a result call that drops once and then works is
-`result=dropx1`, an image URL that answers 503 once is `file=503x1`. Without it the fault
-fires on every call.
+`result=dropx1`, an image URL that answers 503 once is `file=503x1`, a status stream cut once
+and whole when opened again is `stream=cutx1`. Without it the fault fires on every call.
 
 What each fault imitates, and where fal says so:
 
@@ -61,6 +66,9 @@ What each fault imitates, and where fal says so:
 - `submit=429`: "Callers can optionally set `fal_max_queue_length` to reject requests with
   429 if the queue exceeds a threshold" (https://docs.fal.ai/documentation/deployment/requests):
   a 429 at submit queued nothing. Whether fal sends `Retry-After` with it is not documented.
+- `stream=...`: fal's status stream (https://fal.ai/docs/inference-api/queue/status-stream)
+  is a long-lived response: a proxy on the way may refuse it, answer it as a plain GET, or
+  cut it, and a client must still learn the request's end.
 - `run=error:TYPE`: fal's request error types and their HTTP codes
   (https://docs.fal.ai/documentation/model-apis/request-errors); the result of such a
   request "returns the same error" (https://fal.ai/docs/inference-api/queue/result).
@@ -85,7 +93,7 @@ from dataclasses import dataclass, replace
 
 from imagen4ctl.durations import parse_size
 
-HTTP_POINTS = ("submit", "status", "result", "cancel", "file", "platform")
+HTTP_POINTS = ("submit", "status", "stream", "result", "cancel", "file", "platform")
 POINTS = (*HTTP_POINTS, "run", "latency")
 
 # Documented fal request error types and the HTTP status their result answers with
@@ -113,7 +121,7 @@ class FaultSpecError(ValueError):
 @dataclass(frozen=True)
 class Fault:
     point: str
-    action: str  # http, ingress, malformed, drop, notimage, slow, large, error, noimages, ...
+    action: str  # http, ingress, malformed, drop, refuse, cut, notimage, slow, large, ...
     code: int | None = None
     seconds: float | None = None
     size: int | None = None
@@ -195,6 +203,8 @@ def _parse_action(point: str, action: str, item: str) -> Fault:
         return replace(lost, queued=True)
     if point == "cancel" and lowered == "ignored":
         return Fault(point, "ignored")
+    if point == "stream" and lowered in ("refuse", "cut"):
+        return Fault(point, lowered)
     code = _CODE.fullmatch(action)
     if code:
         kind = "ingress" if code["ingress"] else "http"

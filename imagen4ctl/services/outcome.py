@@ -25,6 +25,7 @@ class Outcome:
     prompt: str = ""
     aspect_ratio: str | None = None
     exception: Imagen4ctlError | None = field(default=None, repr=False)
+    followed: str = ""  # how fal's statuses came: its status stream, or polling (--debug)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -40,7 +41,7 @@ class Progress:
     """What a generation is doing now, for a live status line."""
 
     generation_id: int
-    phase: str  # submitting, queued, running, downloading, stored, completed, failed, pending
+    phase: str  # submitting, submitted, queued, running, downloading, stored, completed, failed, …
     detail: str = ""
     queue_position: int | None = None
 

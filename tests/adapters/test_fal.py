@@ -1,6 +1,7 @@
 """The fal adapter against the emulator over TLS, through the real fal_client: every fault fal
-can show becomes one clear line (the row says why, or keeps its request id for fix-pending), and
-a completed request's answer is fetched without asking its status again."""
+can show becomes one clear line (the row says why, or keeps its request id for fix-pending), a
+locked account is told apart from a bad key, and a completed request's answer is fetched
+without asking its status again."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from typing import Any
 
 import pytest
 
-from imagen4ctl.adapters.fal import FalAdapter
+from imagen4ctl.adapters.fal import FalAdapter, http_error
 from imagen4ctl.adapters.storage import LocalStorage
 from imagen4ctl.db.session import Database
+from imagen4ctl.deadline import Deadline
 from imagen4ctl.emulator import FalEmulator
+from imagen4ctl.emulator.server import LOCK_REASONS
+from imagen4ctl.errors import FalAccountLocked, FalKeyRejected
 from imagen4ctl.services.generation import GenerationService, GenerationSpec
 from tests.commands.test_generate import KEY, rows
 from tests.conftest import CliResult
@@ -22,6 +26,7 @@ from tests.reliability.test_faults import one_clear_error
 
 Cli = Callable[..., CliResult]
 MODEL = "fal-ai/imagen4/preview"
+BALANCE = "fal account locked: exhausted balance — top up in fal's billing dashboard"
 
 
 @pytest.fixture
@@ -54,8 +59,11 @@ def specs(*prompts: str) -> list[GenerationSpec]:
         ("submit=429", "FAILED", "rate limiting this key (429", "rate limiting"),
         ("submit=malformed", "PENDING", "submission state unknown", "submission state unknown"),
         ("submit=drop", "PENDING", "submission state unknown", "submission state unknown"),
-        ("status=504", "PROCESSING", "lost contact with fal", "status: fal answered"),
-        ("status=drop", "PROCESSING", "lost contact with fal", "status: cannot reach fal"),
+        # No status stream here (fal_stream.py): the status calls of the fallback fail.
+        ("stream=refuse,status=504", "PROCESSING", "lost contact with fal",
+         "status: fal answered"),
+        ("stream=cut,status=drop", "PROCESSING", "lost contact with fal",
+         "status: cannot reach fal"),
         ("result=malformed", "PROCESSING", "malformed answer to the result", "result: fal"),
         ("run=error:request_timeout", "FAILED", "failed at fal", "fal: Request timed out"),
         ("run=noimages", "FAILED", "fal returned no images", "no images"),
@@ -111,6 +119,73 @@ def test_a_completed_request_is_not_asked_its_status_again_for_its_result(
     for outcome in outcomes:
         assert outcome.fal_request_id is not None
         calls = [(e.kind, e.status) for e in fal_emulator.log.for_request(outcome.fal_request_id)
-                 if e.kind in {"status", "result"}]
-        assert calls[-2:] == [("status", 200), ("result", 200)]
-        assert calls.count(("status", 200)) == 1
+                 if e.kind in {"status", "stream", "result"}]
+        assert calls == [("stream", 200), ("result", 200)]  # told COMPLETED by the stream
+
+
+# --- a locked account is not a bad key ---
+
+
+@pytest.mark.parametrize(("detail", "message"), [
+    ("User is locked. Reason: Exhausted balance. Top up your balance at "
+     "fal.ai/dashboard/billing.", BALANCE),
+    ("User is locked. Reason: Exhausted balance. Top up your balance at "
+     "fal.ai/dashboard/billing", BALANCE),  # issue 1147 quotes it without the full stop
+    ("User is locked. Reason: TOP_UP.",
+     "fal account locked: top-up required — top up in fal's billing dashboard"),
+    ("User is locked. Reason: Admin lock. Please contact support@fal.ai",
+     "fal account locked: admin lock — contact fal support"),
+    ("User is locked. Reason: Fraud review.", "fal account locked: Fraud review."),
+])
+def test_a_locked_account_reads_as_one_line_with_its_reason(detail: str, message: str) -> None:
+    error = http_error("submit", 403, detail, "FAL_KEY")
+    assert isinstance(error, FalAccountLocked)
+    assert error.message == message
+    assert error.exit_code == 1 and error.readme == "fal-account-locked"
+    assert error.hint is not None and "FAL_KEY" not in error.hint
+    assert "a new key does not help" in error.hint
+
+
+def test_the_balance_hint_points_at_the_billing_dashboard() -> None:
+    error = http_error("submit", 403, f"User is locked. Reason: {LOCK_REASONS['balance']}",
+                       "FAL_KEY")
+    assert error.hint is not None and "https://fal.ai/dashboard/billing" in error.hint
+
+
+@pytest.mark.parametrize(("status", "detail"), [
+    (403, "Forbidden"), (401, "No user found for Key ID and Secret"),
+    (401, "User is locked. Reason: TOP_UP."),  # only fal's 403 carries the lock
+])
+def test_other_refusals_still_name_the_key(status: int, detail: str) -> None:
+    error = http_error("submit", status, detail, "FAL_API_KEY")
+    assert isinstance(error, FalKeyRejected)
+    assert error.message.startswith(f"fal rejected the key from FAL_API_KEY ({status}")
+
+
+def test_the_adapter_raises_the_lock_and_still_reads_status(fal_emulator: FalEmulator) -> None:
+    fal = FalAdapter(KEY)
+    first = fal.submit(MODEL, {"prompt": "one before the lock"}, Deadline(10))
+    fal_emulator.locked_keys = {KEY}
+    with pytest.raises(FalAccountLocked) as caught:
+        fal.submit(MODEL, {"prompt": "refused"}, Deadline(10))
+    assert caught.value.message == BALANCE
+    assert fal.status(MODEL, first.request_id, Deadline(10)).state in {
+        "IN_QUEUE", "IN_PROGRESS", "COMPLETED"}
+    assert fal_emulator.log.submission_count(status=403) == 1  # fal_client does not retry 403
+
+
+def test_a_submission_carries_the_webhook_url(fal_emulator: FalEmulator) -> None:
+    """`?fal_webhook=` as fal_client's `submit(webhook_url=...)` sends it: URL-encoded, so a
+    URL with its own query arrives whole; without one, fal posts nothing."""
+    from tests.reliability._workers import free_port
+
+    fal_emulator.webhooks.time_scale = 1000.0  # one delivery attempt, no retry within the test
+    url = f"http://127.0.0.1:{free_port()}/fal/hook?worker=a b&x=1"
+    hooked = FalAdapter(KEY, webhook_url=url).submit(MODEL, {"prompt": "hooked"}, Deadline(10))
+    FalAdapter(KEY).submit(MODEL, {"prompt": "not hooked"}, Deadline(10))
+    deadline = time.monotonic() + 10
+    while not fal_emulator.webhooks.attempts() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the unhooked request has ended too
+    [attempt] = fal_emulator.webhooks.attempts()
+    assert (attempt.request_id, attempt.url, attempt.status) == (hooked.request_id, url, None)

@@ -251,6 +251,9 @@ def test_a_cancel_fault_and_a_bad_directive(
         ("run=error:request_timeout", Fault("run", "error", error_type="request_timeout")),
         ("run=hang", Fault("run", "hang")),
         ("latency=4", Fault("latency", "latency", seconds=4.0)),
+        ("stream=refuse", Fault("stream", "refuse")),
+        ("stream=cutx1", Fault("stream", "cut", times=1)),
+        ("stream=503", Fault("stream", "http", code=503)),
     ],
 )
 def test_fault_grammar(spec: str, fault: Fault) -> None:
@@ -266,6 +269,7 @@ def test_fault_grammar(spec: str, fault: Fault) -> None:
         ("queue=500", "unknown point 'queue'"),
         ("submit=200", "code of 400 or more"),
         ("file=malformed", "unknown action"),
+        ("status=cut", "unknown action"),
         ("run=hangx2", "only HTTP points take a count"),
         ("latency=soon", "not a number of seconds"),
         ("file=large:lots", "not a size"),

@@ -1,6 +1,8 @@
 """The generation service's batch: places at fal held from submission to fal's final status,
-deadlines per place, and when the status calls go out. Against the emulator over TLS with the
-real fal_client, real databases and a local images folder."""
+deadlines per place, when the status calls go out, and a locked fal account (the first refusal
+stops the submissions, every row gets a decision, what was already running is still
+collected). Against the emulator over TLS with the real fal_client, real databases and a
+local images folder."""
 
 from __future__ import annotations
 
@@ -24,20 +26,27 @@ from imagen4ctl.db.session import Database, parse_database_url
 from imagen4ctl.deadline import Deadline
 from imagen4ctl.emulator import FalEmulator
 from imagen4ctl.emulator.log import RequestLog
-from imagen4ctl.services.generation import GenerationService, GenerationSpec
+from imagen4ctl.errors import FalAccountLocked, GenerationFailed
+from imagen4ctl.services.generation import (
+    NOT_SUBMITTED_LOCKED,
+    GenerationService,
+    GenerationSpec,
+)
 from imagen4ctl.services.outcome import Progress
 from imagen4ctl.services.pacing import FalSlot
+from imagen4ctl.settings import Follow
+from tests.commands.test_generate import LOCKED, rows
 
 KEY = "emulator-key-0001"
 MODEL = "fal-ai/imagen4/preview"
 
 
-def make_service(db_url: str, fal: FalAdapter, fal_emulator: FalEmulator, tmp_path: Path
-                 ) -> GenerationService:
+def make_service(db_url: str, fal: FalAdapter, fal_emulator: FalEmulator, tmp_path: Path,
+                 follow: Follow = "auto") -> GenerationService:
     return GenerationService(
         Database(db_url), LocalStorage(tmp_path / "images"), fal, model=MODEL,
         prefix="generations/", max_image_bytes=10 * 1024 * 1024,
-        trusted_hosts=frozenset({fal_emulator.host}))
+        trusted_hosts=frozenset({fal_emulator.host}), follow=follow)
 
 
 @pytest.fixture
@@ -72,13 +81,10 @@ def completed_at(db_url: str) -> dict[str, datetime]:
 
 
 def fal_spans(log: RequestLog) -> dict[str, tuple[datetime, datetime]]:
-    """Per request: from its submission until fal first answered its status as final."""
-    spans = {}
-    for request_id, entries in log.requests_by_id().items():
-        submitted = next(e.at for e in entries if e.kind == "submit")
-        final = next(e.at for e in entries if e.kind == "status" and e.status == 200)
-        spans[request_id] = (submitted, final)
-    return spans
+    """Per request: from when fal queued it until fal ended it (its client learns of the end
+    after that, by its status stream or a status call)."""
+    return {life.request_id: (life.queued_at, life.ended_at) for life in log.lifetimes()
+            if life.ended_at is not None}
 
 
 def in_flight_at_submissions(spans: dict[str, tuple[datetime, datetime]]) -> list[int]:
@@ -216,7 +222,7 @@ def test_run_without_a_place_still_generates(service: GenerationService) -> None
     assert service.generate(spec, Deadline(30.0)).status == "COMPLETED"
 
 
-# --- when the status calls go out ---
+# --- when the status calls go out, when polling ---
 
 
 @dataclass
@@ -251,7 +257,7 @@ def test_slow_status_answers_do_not_stretch_the_interval(
     came; the first one interval after the submission, whose answer said IN_QUEUE."""
     fal_emulator.latency = 0.9
     fal = SlowStatusFal(KEY, delay=0.06)
-    generate_one(make_service(migrated_db, fal, fal_emulator, tmp_path), "patient")
+    generate_one(make_service(migrated_db, fal, fal_emulator, tmp_path, "poll"), "patient")
     gaps = [b - a for a, b in zip(fal.asked, fal.asked[1:], strict=False)]
     assert len(gaps) >= 5
     assert min(gaps) >= 0.09
@@ -266,6 +272,59 @@ def test_a_late_answer_to_the_submission_does_not_delay_the_status_calls(
     0.3 s late, the first status call (due 0.1 s after the submission left) goes out at once."""
     fal_emulator.latency = 0.6
     fal = SlowStatusFal(KEY, submit_delay=0.3)
-    generate_one(make_service(migrated_db, fal, fal_emulator, tmp_path), "answered late")
+    generate_one(make_service(migrated_db, fal, fal_emulator, tmp_path, "poll"),
+                 "answered late")
     assert fal.started <= fal.sent < fal.started + 0.3  # it left before its late answer
     assert 0.3 <= fal.asked[0] - fal.sent < 0.35  # an interval after the answer: >= 0.4
+
+
+# --- a locked fal account ---
+
+
+def test_a_locked_account_costs_one_attempt_and_decides_every_row(
+    service: GenerationService, fal_emulator: FalEmulator, migrated_db: str
+) -> None:
+    fal_emulator.locked_keys = {KEY}
+    outcomes = service.run_batch(specs(*(f"prompt {n}" for n in range(20))),
+                                 concurrency=4, timeout=30)
+
+    assert fal_emulator.log.submission_count() == 1
+    first, *rest = outcomes
+    assert isinstance(first.exception, FalAccountLocked) and first.error == LOCKED
+    assert all(o.error == NOT_SUBMITTED_LOCKED for o in rest)
+    assert all(isinstance(o.exception, GenerationFailed) for o in rest)
+    stored = rows(migrated_db)
+    assert [r.status for r in stored] == ["FAILED"] * 20
+    assert stored[0].error == LOCKED and stored[0].submit_started_at is not None
+    assert {r.error for r in stored[1:]} == {NOT_SUBMITTED_LOCKED}
+    assert all(r.submit_started_at is None and r.fal_request_id is None for r in stored[1:])
+
+
+def test_a_lock_mid_batch_leaves_the_running_ones_to_finish(
+    service: GenerationService, fal_emulator: FalEmulator, migrated_db: str
+) -> None:
+    """"Exactly ONE generation succeeds, then the next call is blocked" (fal-ai/fal #1163)."""
+    fal_emulator.latency = 1.0
+    locked_after_first: list[str] = []
+
+    def lock_once_submitted() -> None:
+        deadline = time.monotonic() + 10
+        while not fal_emulator.request_ids() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        fal_emulator.locked_keys = {KEY}
+        locked_after_first.extend(fal_emulator.request_ids())
+
+    locker = threading.Thread(target=lock_once_submitted)
+    locker.start()
+    outcomes = service.run_batch(specs(*(f"prompt {n}" for n in range(6))),
+                                 concurrency=1, timeout=30)
+    locker.join()
+
+    assert len(locked_after_first) == 1
+    statuses = [o.status for o in outcomes]
+    assert statuses[0] == "COMPLETED"  # status and result still work for a locked account
+    assert statuses[1:] == ["FAILED"] * 5
+    assert fal_emulator.log.submission_count() == 2  # the one that ran, and the refused one
+    assert outcomes[1].error == LOCKED
+    assert [o.error for o in outcomes[2:]] == [NOT_SUBMITTED_LOCKED] * 4
+    assert [r.status for r in rows(migrated_db)] == ["COMPLETED"] + ["FAILED"] * 5
