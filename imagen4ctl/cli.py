@@ -27,6 +27,7 @@ from imagen4ctl.commands import (
     reconcile,
     seed_gallery,
     user_images,
+    worker,
 )
 from imagen4ctl.commands._guard import guarded, show_tracebacks
 from imagen4ctl.context import AppContext
@@ -79,6 +80,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "seed-gallery": seed_gallery.seed_gallery,
     "fix-pending": fix_pending.fix_pending,
     "reconcile": reconcile.reconcile,
+    "worker": worker.worker,
     "gallery": gallery.gallery,
     "emulator": emulator.emulator,
     "health": health.health,

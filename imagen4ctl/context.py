@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from imagen4ctl.services.reconcile import Reconciler
     from imagen4ctl.services.recovery import Recovery
     from imagen4ctl.services.recovery_plan import RecoveryOptions
+    from imagen4ctl.services.webhooks import WebhookInbox
+    from imagen4ctl.services.worker import Worker, WorkerOptions
+    from imagen4ctl.services.worker_state import EventSink
 
 
 @dataclass
@@ -85,6 +88,40 @@ class AppContext:
         return Reconciler(recovery, prefix=self.settings.images_prefix, kind=kind,
                           user_id=user_id, fix=fix)
 
+    def worker(self, options: WorkerOptions, *, on_event: EventSink,
+               scrub: Callable[[str], str]) -> Worker:
+        """The worker: fix-pending's engine and the generation service in a loop, with the
+        families of `imagen4ctl metrics` on its /metrics."""
+        from imagen4ctl.services.metrics import MetricsCollector
+        from imagen4ctl.services.recovery_plan import RecoveryOptions
+        from imagen4ctl.services.worker import Worker
+
+        settings = self.settings
+        recovery = self.recovery(RecoveryOptions(
+            older_than=settings.stuck_after, kind=options.kind, apply=True,
+            concurrency=1, timeout=settings.timeout, handed_over=True,
+            claim_timeout=options.claim_timeout))
+        collector = MetricsCollector(settings) if options.metrics_port is not None else None
+        return Worker(recovery, options=options, cap=settings.fal_max_concurrent,
+                      stuck_after=settings.stuck_after, timeout=settings.timeout,
+                      on_event=on_event, scrub=scrub,
+                      metrics=collector.collect if collector is not None else None,
+                      webhooks=self._webhooks(recovery, options, on_event))
+
+    def _webhooks(self, recovery: Recovery, options: WorkerOptions,
+                  on_event: EventSink) -> WebhookInbox | None:
+        """With --webhook-url: fal's deliveries, verified against FAL_WEBHOOK_JWKS_URL."""
+        if options.webhook_url is None:
+            return None
+        from imagen4ctl.adapters.fal_webhook import WebhookVerifier
+        from imagen4ctl.services.webhooks import webhook_mode, webhook_path
+
+        verifier = WebhookVerifier(self.settings.webhook_jwks_url)
+        return webhook_mode(recovery.service, verifier, url=options.webhook_url,
+                            path=webhook_path(options.webhook_url), grace=options.webhook_grace,
+                            owner=recovery.token, claim_timeout=options.claim_timeout,
+                            timeout=self.settings.timeout, on_event=on_event)
+
     def generation_service(self) -> GenerationService:
         from imagen4ctl.services.generation import GenerationService
 
@@ -92,5 +129,5 @@ class AppContext:
         return GenerationService(
             self.database, self.storage(), self.fal(), model=settings.model,
             prefix=settings.images_prefix, max_image_bytes=settings.max_image_bytes,
-            trusted_hosts=settings.fal_hosts,
+            trusted_hosts=settings.fal_hosts, follow=settings.follow,
         )

@@ -44,6 +44,13 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+def json_line(data: Any) -> str:
+    """`data` as one line of JSON (a log line), secrets redacted."""
+    import orjson
+
+    return redact(orjson.dumps(data, default=str, option=orjson.OPT_NON_STR_KEYS).decode())
+
+
 def json_text(data: Any) -> str:
     """`json.dumps(data, indent=2, ensure_ascii=False, default=str)`, written by orjson: the
     json module indents in pure Python, 0.2 s for a 10,000-row fix-pending report. Only

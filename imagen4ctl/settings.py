@@ -14,13 +14,14 @@ import os
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, cast, get_args
 from urllib.parse import urlsplit
 
 from imagen4ctl.durations import parse_duration, parse_size
 from imagen4ctl.errors import ConfigError
 
 Source = Literal["env", ".env", "default", "unset"]
+Follow = Literal["auto", "stream", "poll"]  # IMAGEN4_FOLLOW (services/following.py)
 T = TypeVar("T")
 
 
@@ -32,6 +33,9 @@ class Variable:
     secret: bool = False
     help: str = ""
 
+
+# Where fal publishes its webhook keys, by third-party accounts (adapters/fal_webhook.py).
+FAL_WEBHOOK_JWKS_DEFAULT = "https://rest.alpha.fal.ai/.well-known/jwks.json"
 
 # Every variable imagen4ctl reads, in the order check-config lists them.
 VARIABLES: tuple[Variable, ...] = (
@@ -52,6 +56,9 @@ VARIABLES: tuple[Variable, ...] = (
              help="fal queue host; default queue.<FAL_RUN_HOST>. Shown, never set."),
     Variable("FAL_PLATFORM_API_URL", "imagen4ctl (httpx)", "https://api.fal.ai/v1",
              help="fal Platform API, where finished requests stay for recovery."),
+    Variable("FAL_WEBHOOK_JWKS_URL", "imagen4ctl worker (httpx)", FAL_WEBHOOK_JWKS_DEFAULT,
+             help="fal's public keys (JWKS) that verify the webhook deliveries a worker "
+             "receives with --webhook-url."),
     Variable("SSL_CERT_FILE", "httpx (TLS)", help="CA bundle for TLS, e.g. the emulator's CA."),
     Variable("MINIO_ENDPOINT", "minio",
              help="S3/MinIO host:port (no scheme). Unset: images go to IMAGES_DIR."),
@@ -70,6 +77,12 @@ VARIABLES: tuple[Variable, ...] = (
              help="Largest image accepted from fal, checked while streaming."),
     Variable("IMAGEN4_TIMEOUT", "imagen4ctl", "5m",
              help="Default deadline of one generation, submission included."),
+    Variable("IMAGEN4_FOLLOW", "imagen4ctl", "auto",
+             help="How a generation hears from fal: auto (fal's status stream, polling when "
+             "it cannot be had), stream or poll."),
+    Variable("FAL_MAX_CONCURRENT", "imagen4ctl worker", "2",
+             help="Requests the whole worker fleet keeps at fal at once (fal's starting "
+             "account limit is 2)."),
 )
 BY_NAME = {v.name: v for v in VARIABLES}
 SECRET_NAMES = frozenset(v.name for v in VARIABLES if v.secret)
@@ -361,6 +374,19 @@ class Settings:
         return self._or_default("FAL_PLATFORM_API_URL").rstrip("/")
 
     @property
+    def webhook_jwks_url(self) -> str:
+        url = self._or_default("FAL_WEBHOOK_JWKS_URL").strip()
+        if urlsplit(url).scheme not in ("https", "http"):
+            raise ConfigError(f"FAL_WEBHOOK_JWKS_URL must be an http(s) URL, not {url!r}",
+                              hint=f"fal's is {FAL_WEBHOOK_JWKS_DEFAULT}.")
+        return url
+
+    @property
+    def webhook_jwks_set(self) -> bool:
+        """FAL_WEBHOOK_JWKS_URL was set (env or .env): check-config then probes it."""
+        return self.values["FAL_WEBHOOK_JWKS_URL"].source in ("env", ".env")
+
+    @property
     def minio_endpoint(self) -> str | None:
         endpoint = self.raw("MINIO_ENDPOINT")
         if endpoint is None:
@@ -408,6 +434,23 @@ class Settings:
     def max_image_bytes(self) -> int:
         return _parsed("IMAGEN4_MAX_IMAGE_BYTES", self._or_default("IMAGEN4_MAX_IMAGE_BYTES"),
                        parse_size)
+
+    @property
+    def fal_max_concurrent(self) -> int:
+        raw = self._or_default("FAL_MAX_CONCURRENT").strip()
+        if not raw.isdigit() or int(raw) < 1:
+            raise ConfigError(f"FAL_MAX_CONCURRENT must be a whole number from 1, not {raw!r}",
+                              hint="For example FAL_MAX_CONCURRENT=2 (fal's starting limit).")
+        return int(raw)
+
+    @property
+    def follow(self) -> Follow:
+        raw = self._or_default("IMAGEN4_FOLLOW").strip().lower()
+        for mode in get_args(Follow):
+            if raw == mode:
+                return cast(Follow, mode)
+        raise ConfigError(f"IMAGEN4_FOLLOW must be auto, stream or poll, not {raw!r}",
+                          hint="auto follows fal's status stream and polls when it cannot.")
 
     @property
     def fal_hosts(self) -> frozenset[str]:

@@ -157,11 +157,12 @@ def test_minio_endpoint_must_be_host_port(endpoint: str) -> None:
 
 @pytest.mark.parametrize(("name", "raw"), [("STUCK_AFTER", "-5m"), ("STUCK_AFTER", "10x"),
                                            ("IMAGEN4_MAX_IMAGE_BYTES", "lots"),
-                                           ("MINIO_SECURE", "maybe")])
+                                           ("MINIO_SECURE", "maybe"),
+                                           ("IMAGEN4_FOLLOW", "sometimes")])
 def test_bad_values_name_their_variable(name: str, raw: str) -> None:
     settings = Settings.load(environ={name: raw}, default_env_file=False)
     accessor = {"STUCK_AFTER": "stuck_after", "IMAGEN4_MAX_IMAGE_BYTES": "max_image_bytes",
-                "MINIO_SECURE": "minio_secure"}[name]
+                "MINIO_SECURE": "minio_secure", "IMAGEN4_FOLLOW": "follow"}[name]
     with pytest.raises(ConfigError, match=name):
         getattr(settings, accessor)
 
@@ -191,3 +192,32 @@ def test_variable_names_live_only_in_settings() -> None:
             for match in re.finditer(rf"(os\.environ|getenv|environ\.get)\W+{var.name}\b",
                                      source):
                 raise AssertionError(f"{path} reads {var.name} itself: {match.group(0)}")
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "two", "1.5", ""])
+def test_fal_max_concurrent_is_a_whole_number_from_1(raw: str) -> None:
+    settings = Settings.load(environ={"FAL_MAX_CONCURRENT": raw}, default_env_file=False)
+    if raw == "":  # empty is unset: the default
+        assert settings.fal_max_concurrent == 2
+        return
+    with pytest.raises(ConfigError, match="FAL_MAX_CONCURRENT"):
+        _ = settings.fal_max_concurrent
+
+
+def test_fal_max_concurrent_defaults_to_fals_starting_limit() -> None:
+    assert Settings.load(environ={}, default_env_file=False).fal_max_concurrent == 2
+    assert Settings.load(environ={"FAL_MAX_CONCURRENT": " 8 "},
+                         default_env_file=False).fal_max_concurrent == 8
+
+
+def test_the_webhook_jwks_url_is_fals_unless_set() -> None:
+    unset = Settings.load(environ={}, default_env_file=False)
+    assert unset.webhook_jwks_url == "https://rest.alpha.fal.ai/.well-known/jwks.json"
+    assert not unset.webhook_jwks_set  # check-config probes it only when set
+    mine = Settings.load(environ={"FAL_WEBHOOK_JWKS_URL": "https://keys.example/jwks.json"},
+                         default_env_file=False)
+    assert (mine.webhook_jwks_url, mine.webhook_jwks_set) == (
+        "https://keys.example/jwks.json", True)
+    with pytest.raises(ConfigError, match="FAL_WEBHOOK_JWKS_URL must be an http"):
+        _ = Settings.load(environ={"FAL_WEBHOOK_JWKS_URL": "keys.example/jwks.json"},
+                          default_env_file=False).webhook_jwks_url

@@ -16,16 +16,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from imagen4ctl.adapters.fal import (
-    FalAdapter,
-    FalStatus,
-    FalSubmissionUnknown,
-    FalTimeout,
-    ImageRef,
-)
+from imagen4ctl.adapters.fal import FalAdapter, FalResult, FalStatus, FalSubmissionUnknown
 from imagen4ctl.adapters.fal_answers import FalResultRefused
 from imagen4ctl.db import generations
 from imagen4ctl.db.values import COMPLETED, FAILED, IMAGEN4, PENDING, PROCESSING, utcnow
@@ -35,17 +30,19 @@ from imagen4ctl.errors import (
     FalAccountLocked,
     FalCredentialsMissing,
     FalError,
+    FalRequestRejected,
     GenerationFailed,
     GenerationPending,
     Imagen4ctlError,
     StorageError,
 )
 from imagen4ctl.keys import validate_user_id
-from imagen4ctl.services.images import MAX_UPLOADS, ImageStore
+from imagen4ctl.services.following import Following, Told
+from imagen4ctl.services.images import MAX_UPLOADS, ImageStore, fal_sizes
 from imagen4ctl.services.outcome import Outcome, Progress, ProgressCallback
-from imagen4ctl.services.pacing import FalSlot, PollSchedule
+from imagen4ctl.services.pacing import FalSlot
 from imagen4ctl.services.verdicts import FIX_PENDING_HINT, cancel_confirmed, is_verdict
-from imagen4ctl.settings import NO_FAL_KEY, crash_point
+from imagen4ctl.settings import NO_FAL_KEY, Follow, crash_point
 
 if TYPE_CHECKING:
     from imagen4ctl.adapters.storage import Storage
@@ -99,6 +96,7 @@ class GenerationService:
         prefix: str,
         max_image_bytes: int,
         trusted_hosts: frozenset[str] = frozenset(),
+        follow: Follow | Told = "auto",  # fal's status stream, or polling; or its webhook
         poll_interval: float = 0.1,  # fal_client's own subscribe polls every 0.1 s
     ) -> None:
         self.database = database
@@ -108,11 +106,11 @@ class GenerationService:
         self.prefix = prefix
         self.max_image_bytes = max_image_bytes
         self.trusted_hosts = trusted_hosts
+        self.follow: Follow | Told = follow
         self.poll_interval = poll_interval
         # MAX_UPLOADS is read here, at construction, so that bench/memory.py can try others.
         self.images = ImageStore(storage, prefix=prefix, max_image_bytes=max_image_bytes,
                                  trusted_hosts=trusted_hosts, uploads=MAX_UPLOADS)
-        self._polls = PollSchedule()
 
     # --- preflight and rows ---
 
@@ -194,13 +192,17 @@ class GenerationService:
         on_progress: ProgressCallback | None = None,
         slot: FalSlot | None = None,
         account_locked: threading.Event | None = None,
+        hand_back_unsent: bool = False,
     ) -> Outcome:
         """Submit the PENDING row `generation_id` and see it through (after `preflight`).
 
         Never raises for fal or storage trouble: the outcome, and the row, say what happened.
         A batch's `slot` is released as soon as fal reports the final status (or the
         generation stops earlier), before the images are stored. The first locked-account
-        refusal sets `account_locked`: the batch's later rows are then not submitted."""
+        refusal sets `account_locked`: the batch's later rows are then not submitted.
+        With `hand_back_unsent` (the worker), a submission fal never took (unreachable, rate
+        limiting, the key or the account refused) leaves the row queued instead of FAILED:
+        a dependency that is down fails no row."""
         fal = self.require_fal()
         started = time.monotonic()
         outcome = Outcome(generation_id, spec.user_id, PENDING, prompt=spec.prompt,
@@ -227,11 +229,15 @@ class GenerationService:
             except FalAccountLocked as e:  # every further submission would be refused too
                 if account_locked is not None:
                     account_locked.set()  # before the slot lets the next one go
+                if hand_back_unsent:
+                    return self._hand_back(outcome, e)
                 self._fail(outcome, e.message, [PENDING])
                 outcome.exception = e
                 return outcome
             except FalError as e:
                 # fal refused or was never reached: nothing is running there, nothing billed.
+                if hand_back_unsent and not isinstance(e, FalRequestRejected):
+                    return self._hand_back(outcome, e)
                 self._fail(outcome, e.message, [PENDING])
                 outcome.exception = _with_hint(GenerationFailed(e.message), e)
                 return outcome
@@ -241,6 +247,7 @@ class GenerationService:
             crash_point("after_submit")
             self._record_submission(generation_id, request_id)
             outcome.status, outcome.fal_request_id = PROCESSING, request_id
+            notify(Progress(generation_id, "submitted", request_id))
             if not wait:
                 return outcome
             self.images.prepare()
@@ -263,6 +270,13 @@ class GenerationService:
     def _record_submission(self, generation_id: int, request_id: str) -> None:
         generations.record_submission(self.database, generation_id, request_id)
 
+    def _hand_back(self, outcome: Outcome, error: FalError) -> Outcome:
+        """fal took nothing: the row is queued again (no attempt mark, no error) for a later
+        submission, and the outcome keeps fal's error for the caller to wait on."""
+        self._update(outcome.id or 0, [PENDING], submit_started_at=None, error=None)
+        outcome.error, outcome.exception = error.message, error
+        return outcome
+
     def _collect(
         self,
         outcome: Outcome,
@@ -279,15 +293,26 @@ class GenerationService:
         status = self._wait(outcome, endpoint, request_id, deadline, notify, submitted)
         if slot is not None:
             slot.release()  # fal has answered (or we stopped waiting): the next may go
-        if status is None:
-            return
-        if status.error:
-            self._fail(outcome, f"fal: {status.error}", [PROCESSING, PENDING])
+        if status is not None:
+            self.settle(outcome, endpoint, _row_params(spec), deadline, error=status.error,
+                        result=status.result, notify=notify)
+
+    def settle(self, outcome: Outcome, endpoint: str, params: dict[str, Any],
+               deadline: Deadline, *, error: str | None = None, result: FalResult | None = None,
+               notify: ProgressCallback | None = None) -> None:
+        """fal's verdict on the finished request `outcome.fal_request_id` into its row: FAILED
+        with fal's `error`, or the images of `result` (asked for when None) stored, COMPLETED;
+        a fault that may pass leaves it PROCESSING. Polling, the stream and webhooks end here."""
+        assert outcome.id is not None and outcome.fal_request_id is not None
+        notify = notify or (lambda _p: None)
+        if error:
+            self._fail(outcome, f"fal: {error}", [PROCESSING, PENDING])
             outcome.exception = GenerationFailed(f"generation {outcome.id} failed at fal: "
-                                                 f"{status.error}")
+                                                 f"{error}")
             return
         try:
-            result = self.fal.result(endpoint, request_id, deadline)
+            if result is None:
+                result = self.require_fal().result(endpoint, outcome.fal_request_id, deadline)
             if not result.images:
                 raise FalResultRefused("fal returned no images")
         except FalError as e:
@@ -295,7 +320,7 @@ class GenerationService:
             return
         notify(Progress(outcome.id, "downloading", f"{len(result.images)} image(s)"))
         try:
-            outcome.images = self.images.store(outcome.id, spec.user_id,
+            outcome.images = self.images.store(outcome.id, outcome.user_id,
                                                [i.url for i in result.images], deadline)
         except FalError as e:  # the image host's; storage's are StorageError
             self._stop(outcome, e, "download", "its images could not be downloaded")
@@ -310,10 +335,8 @@ class GenerationService:
             return
         keys = [image.key for image in outcome.images]
         crash_point("stored")
-        sizes = _fal_sizes(result.images)
         if self._update(outcome.id, [PROCESSING, PENDING], status=COMPLETED, result_urls=keys,
-                        completed_at=utcnow(), error=None,
-                        **({"params": _row_params(spec) | sizes} if sizes else {})):
+                        completed_at=utcnow(), error=None, **fal_sizes(params, result.images)):
             outcome.status, outcome.error = COMPLETED, None
             notify(Progress(outcome.id, "completed"))
         else:
@@ -331,49 +354,36 @@ class GenerationService:
     ) -> FalStatus | None:
         """fal's final status, or None when the deadline came first (the row says what next).
 
-        Polls every `poll_interval`, more often when this run expects the completion (see
-        `PollSchedule`); `submitted` is when the submission had left (monotonic clock): fal's
-        clock starts then, and an answer slowed by a busy moment would shift every call late.
+        Followed through fal's status stream, or by polling when it cannot be had
+        (following.py); `submitted` is when the submission had left (monotonic clock).
         """
         assert outcome.id is not None and self.fal is not None
-        # fal answers a submission IN_QUEUE: the first status call waits one interval (or
-        # until the window of an expected completion).
-        last = FalStatus("IN_QUEUE")
+        last = FalStatus("IN_QUEUE")  # fal answers a submission IN_QUEUE
         notify(Progress(outcome.id, "queued"))
-        unfinished_at: float | None = None  # when the last unfinished status was asked for
-        asked_at = 0.0
+        following = Following(self.fal, endpoint, request_id, deadline, submitted=submitted,
+                              mode=self.follow, interval=self.poll_interval)
         seen_logs = 0
-        while True:
-            # Calls go out `delay` after the previous one went out, not after its answer
-            # came: answers slow under load would otherwise stretch every interval.
-            delay = max(0.0, self._polls.delay(endpoint, asked_at, self.poll_interval)
-                        - (time.monotonic() - submitted - asked_at))
-            if deadline.remaining() <= delay:
-                break
-            self._polls.sleep(endpoint, submitted, self.poll_interval, delay, asked_at)
-            asked_at = time.monotonic() - submitted
-            try:
-                status = self.fal.status(endpoint, request_id, deadline)
-            except FalTimeout:
-                break
-            except FalError as e:  # even a 404: fix-pending asks fal's Platform API first
-                self._leave(outcome, f"status: {e.message}", "lost contact with fal while "
-                            f"waiting for generation {outcome.id}: {e.message}")
-                return None
-            last = status
-            if status.state == "COMPLETED":
-                if status.error is None and unfinished_at is not None:
-                    self._polls.record(endpoint, unfinished_at, time.monotonic() - submitted)
-                return status
-            unfinished_at = asked_at
-            if status.state == "IN_QUEUE":
-                crash_point("queued")
-                notify(Progress(outcome.id, "queued", queue_position=status.queue_position))
-            else:
-                crash_point("running")
-                new_logs = status.logs[seen_logs:]
-                seen_logs = len(status.logs)
-                notify(Progress(outcome.id, "running", new_logs[-1] if new_logs else ""))
+        try:
+            with closing(iter(following)) as statuses:
+                for status in statuses:
+                    last = status
+                    if status.state == "COMPLETED":
+                        return status
+                    if status.state == "IN_QUEUE":
+                        crash_point("queued")
+                        notify(Progress(outcome.id, "queued",
+                                        queue_position=status.queue_position))
+                    else:
+                        crash_point("running")
+                        new_logs = status.logs[seen_logs:]
+                        seen_logs = len(status.logs)
+                        notify(Progress(outcome.id, "running", new_logs[-1] if new_logs else ""))
+        except FalError as e:  # even a 404: fix-pending asks fal's Platform API first
+            self._leave(outcome, f"{following.step}: {e.message}", "lost contact with fal "
+                        f"while waiting for generation {outcome.id}: {e.message}")
+            return None
+        finally:
+            outcome.followed = following.how
         self._give_up(outcome, endpoint, request_id, last, deadline)
         return None
 
@@ -482,13 +492,6 @@ class GenerationService:
 def _row_params(spec: GenerationSpec) -> dict[str, Any]:
     """The row's `params`: fal's input but the prompt and ratio, which have columns."""
     return {k: v for k, v in spec.arguments().items() if k not in {"prompt", "aspect_ratio"}}
-
-
-def _fal_sizes(images: Sequence[ImageRef]) -> dict[str, Any]:
-    """fal's width and height of each image, for `params` (nullable: fal may omit them)."""
-    if not any(i.width is not None or i.height is not None for i in images):
-        return {}
-    return {"images": [{"width": i.width, "height": i.height} for i in images]}
 
 
 def _with_hint(error: Imagen4ctlError, cause: Imagen4ctlError) -> Imagen4ctlError:

@@ -1,5 +1,5 @@
 """Prometheus metrics: gauges the database computes on every scrape, the health probes as 0/1,
-and the text exposition format (0.0.4). Serving uses the stdlib http.server only.
+and the text exposition format (0.0.4). Served by `httpd.py` (the stdlib's http.server).
 
 Every value is a gauge (database counts go down when rows are fixed or deleted) except the
 latency summary. Label values stay bounded: kinds past MAX_KINDS and unknown statuses past
@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import math
 import signal
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -31,6 +29,7 @@ from imagen4ctl.services.health import (
     stuck_summary,
     success_window,
 )
+from imagen4ctl.services.httpd import Handler, HttpServer, Reply, Request
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -255,41 +254,17 @@ class MetricsCollector:
 # --------------------------------------------------------------------------- serving
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _MetricsServer
+def routes(render: Callable[[], str]) -> dict[tuple[str, str], Handler]:
+    """GET /metrics answers `render()`; a scrape that fails is a 500, and the next one runs."""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            try:
-                body, status = self.server.render().encode(), 200
-            except Exception as e:  # noqa: BLE001 - one bad scrape must not stop the server
-                body, status = f"scrape failed: {type(e).__name__}\n".encode(), 500
-            self._reply(status, body, CONTENT_TYPE)
-        elif path == "/":
-            self._reply(200, b"imagen4ctl metrics: see /metrics\n", "text/plain; charset=utf-8")
-        else:
-            self._reply(404, b"not found: try /metrics\n", "text/plain; charset=utf-8")
+    def scrape(_request: Request) -> Reply:
+        try:
+            return Reply(200, render().encode(), CONTENT_TYPE)
+        except Exception as e:  # noqa: BLE001 - one bad scrape must not stop the server
+            return Reply.text(500, f"scrape failed: {type(e).__name__}\n")
 
-    def _reply(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass  # scrapes every 15 s would drown stderr
-
-
-class _MetricsServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], render: Callable[[], str]) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
-        self.render = render
+    return {("GET", "/metrics"): scrape,
+            ("GET", "/"): lambda _r: Reply.text(200, "imagen4ctl metrics: see /metrics\n")}
 
 
 def _sigterm(_signum: int, _frame: FrameType | None) -> None:
@@ -311,17 +286,13 @@ def _stop_on_sigterm() -> Iterator[None]:
 def serve(render: Callable[[], str], *, bind: str, port: int,
           ready: Callable[[str], None] | None = None) -> None:
     """Answer GET /metrics with `render()` until Ctrl-C or SIGTERM, then return normally."""
-    try:
-        server = _MetricsServer((bind, port), render)
-    except OSError as e:
-        raise Imagen4ctlError(f"cannot listen on {bind}:{port}: {e.strerror or e}",
-                              hint="Pick another --serve port, or check --bind.") from e
-    host, bound_port = server.server_address[:2]
-    shown = f"[{host!s}]" if ":" in str(host) else str(host)
+    server = HttpServer(routes(render), host=bind, port=port,
+                        not_found=Reply.text(404, "not found: try /metrics\n"),
+                        hint="Pick another --serve port, or check --bind.")
     try:
         with _stop_on_sigterm():
             if ready is not None:
-                ready(f"http://{shown}:{bound_port}/metrics")
+                ready(server.url("/metrics"))
             server.serve_forever()
     except KeyboardInterrupt:
         pass

@@ -24,22 +24,30 @@ from imagen4ctl.db import generations
 from imagen4ctl.db.generations import GenerationRow
 from imagen4ctl.db.values import COMPLETED, FAILED, utcnow
 from imagen4ctl.deadline import Deadline
-from imagen4ctl.errors import FalError, FalRequestRejected, Imagen4ctlError, StorageError
+from imagen4ctl.endpoints import ENDPOINTS, endpoint_named
+from imagen4ctl.errors import (
+    FalError,
+    FalRequestRejected,
+    Imagen4ctlError,
+    StorageError,
+    UsageError,
+)
 from imagen4ctl.services.backup import append as append_backup
 from imagen4ctl.services.backup import backup_line
 from imagen4ctl.services.generation import GenerationService, GenerationSpec
-from imagen4ctl.services.images import StoredImage
+from imagen4ctl.services.images import StoredImage, fal_sizes
 from imagen4ctl.services.recovery_plan import Item, Planner, RecoveryOptions, RecoveryReport
 from imagen4ctl.services.verdicts import is_verdict
 
-CLAIM_STALE_AFTER = timedelta(minutes=15)
+# The fal input a row keeps in `params` (prompt and ratio have columns), sent again as it is.
+RESENT = ("num_images", "seed", "negative_prompt", "resolution")
 
 
 def claim_token() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _claim_is_dead(claimed_by: str | None) -> bool:
+def claim_is_dead(claimed_by: str | None) -> bool:
     """A claim by a process of this host that no longer exists: stale at once."""
     if not claimed_by:
         return False
@@ -72,6 +80,7 @@ class Recovery:
         self.options = options
         self.planner = Planner(service, options, platform_url=platform_url, fal_key=fal_key)
         self.token = claim_token()
+        self.stale_after = timedelta(seconds=options.claim_timeout)
         # Set by the first resubmission fal refuses for a locked account: the rest are not sent.
         self.account_locked = threading.Event()
 
@@ -106,21 +115,36 @@ class Recovery:
                     int((now - row.updated_at).total_seconds()),
                     row.fal_request_id, read_request_id=row.fal_request_id,
                     read_submit_mark=row.submit_started_at is not None,
-                    endpoint=row.fal_endpoint or self.default_model)
+                    endpoint=row.fal_endpoint or self.default_model, prompt=row.prompt,
+                    aspect_ratio=row.aspect_ratio, params=row.params)
         try:
-            extra = row.params if isinstance(row.params, dict) else {}
-            item.spec = GenerationSpec(
-                user_id=row.user_id, prompt=row.prompt, aspect_ratio=row.aspect_ratio or "1:1",
-                num_images=int(extra.get("num_images", 1)), seed=extra.get("seed"),
-                negative_prompt=extra.get("negative_prompt"),
-                resolution=extra.get("resolution"), kind=row.kind)
-        except (Imagen4ctlError, TypeError, ValueError):
-            item.spec = None  # cannot be resubmitted as it is; recovery still works
-        held = row.claimed_by and row.claimed_at and not _claim_is_dead(row.claimed_by) and (
-            now - row.claimed_at < CLAIM_STALE_AFTER)
+            item.spec = self.resubmission(row)
+        except Imagen4ctlError as e:  # cannot be resubmitted as it is; recovery still works
+            item.unsendable = e.message
+        except (TypeError, ValueError) as e:
+            item.unsendable = f"the row's params cannot be sent: {e}"
+        held = row.claimed_by and row.claimed_at and not claim_is_dead(row.claimed_by) and (
+            now - row.claimed_at < self.stale_after)
         if held and row.claimed_by != self.token:
             item.action, item.error = "skip", "held by another run"
         return item
+
+    def resubmission(self, row: GenerationRow) -> GenerationSpec:
+        """The row as it would be sent again: to its own endpoint when imagen4ctl knows it,
+        else to IMAGEN4_MODEL. A value stored in `params` that endpoint does not take is a
+        UsageError: dropping it would pay for another image than the one asked for."""
+        endpoint = ENDPOINTS.get(row.fal_endpoint or "") or endpoint_named(
+            self.default_model, source="IMAGEN4_MODEL")
+        extra = row.params if isinstance(row.params, dict) else {}
+        untaken = [name for name in RESENT
+                   if extra.get(name) is not None and not endpoint.takes(name)]
+        if untaken:
+            raise UsageError(f"{endpoint.id} does not take the row's {' or '.join(untaken)}")
+        return GenerationSpec(
+            user_id=row.user_id, prompt=row.prompt, aspect_ratio=row.aspect_ratio or "1:1",
+            num_images=int(extra.get("num_images", 1)), seed=extra.get("seed"),
+            negative_prompt=extra.get("negative_prompt"), resolution=extra.get("resolution"),
+            kind=row.kind, model=endpoint.id)
 
     # --- planning: read-only questions to fal ---
 
@@ -180,27 +204,26 @@ class Recovery:
         if item.source == "queue":
             try:
                 result = self.planner.fal().result(item.endpoint, item.fal_request_id, deadline)
-                item.image_urls = [i.url for i in result.images]
+                item.images = list(result.images)
             except FalResultRefused as e:  # fal's verdict
                 self._fail_row(item, e.message)
                 return
             except FalRequestRejected:
-                self.planner.from_platform(item, reason="fal's queue result expired")
-                if item.failed:  # could not ask: the row stays as it was
-                    item.outcome = "failed"
+                if not self._ask_platform(item, "fal's queue result expired"):
                     return
                 if item.action != "recover":
                     done = self.set_state(item, status=FAILED, error=item.error)
                     item.outcome = "done" if done else "skipped"
                     return
-        if not item.image_urls:
+        if not item.images:
             self._fail_row(item, "fal returned no images")
             return
         images = self._store(item, deadline)
         if images is None:
             return
         if self.set_state(item, status=COMPLETED, result_urls=[i.key for i in images],
-                     fal_request_id=item.fal_request_id, completed_at=utcnow(), error=None):
+                          fal_request_id=item.fal_request_id, completed_at=utcnow(), error=None,
+                          **fal_sizes(item.params, item.images)):
             item.outcome = "done"
         else:
             item.outcome, item.failed = "failed", True
@@ -218,9 +241,7 @@ class Recovery:
         except ImageGone as e:
             tried = item.image_urls
             if item.source == "queue":
-                self.planner.from_platform(item, reason=e.message)
-                if item.failed:  # could not ask: the row stays as it was
-                    item.outcome = "failed"
+                if not self._ask_platform(item, e.message):
                     return None
                 if item.action == "recover" and item.image_urls != tried:
                     return self._store(item, deadline)
@@ -232,14 +253,28 @@ class Recovery:
                 item.outcome, item.failed, item.error = "failed", True, f"download: {e.message}"
         return None
 
+    def _ask_platform(self, item: Item, reason: str) -> bool:
+        """Look the request up in fal's Platform API; False when fal could not be asked (the
+        row stays as it was)."""
+        self.planner.from_platform(item, reason=reason)
+        if item.failed:
+            item.outcome = "failed"
+        return not item.failed
+
     def _fail_row(self, item: Item, error: str) -> None:
         """fal's verdict: the row ends FAILED with `error`."""
         item.action, item.error = "fail", error
         item.outcome = "done" if self.set_state(item, status=FAILED, error=error) else "skipped"
 
     def _resubmit(self, item: Item) -> None:
-        assert item.spec is not None
+        assert item.spec is not None and item.spec.model is not None
         self.service.preflight()
+        if item.spec.model != item.endpoint:
+            # a retired endpoint's row goes to IMAGEN4_MODEL: a later run must ask that one
+            if not self.set_state(item, fal_endpoint=item.spec.model):
+                item.outcome, item.error = "skipped", "changed since it was read"
+                return
+            item.endpoint = item.spec.model
         outcome = self.service.run(item.id, item.spec, Deadline(self.options.timeout),
                                    account_locked=self.account_locked)
         item.fal_request_id = outcome.fal_request_id
@@ -258,7 +293,7 @@ class Recovery:
         return generations.claim(
             self.database, item.id, owner=self.token, status=item.status,
             fal_request_id=item.read_request_id, submit_marked=item.read_submit_mark, now=now,
-            stale_before=now - CLAIM_STALE_AFTER, is_dead=_claim_is_dead)
+            stale_before=now - self.stale_after, is_dead=claim_is_dead)
 
     def release(self, item: Item) -> None:
         generations.release(self.database, item.id, owner=self.token)

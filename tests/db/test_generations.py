@@ -126,3 +126,144 @@ def test_a_claim_holds_the_row_until_released(migrated_db: str) -> None:
     assert generations.delete_claimed(db, row_id, expected="FAILED", owner="b")
     assert generations.get(db, row_id) is None
     db.dispose()
+
+
+# --- the worker fleet's statements (claims.py) ---
+
+OWNER, OTHER = "here:1:aaaa", "there:2:bbbb"
+
+
+def test_the_fleet_lock_key_is_stable() -> None:
+    """Workers of different versions must take the same PostgreSQL advisory lock."""
+    from imagen4ctl.db.generations.claims import fleet_lock_key
+
+    assert fleet_lock_key() == fleet_lock_key() > 0 and fleet_lock_key() < 2**63
+
+
+def test_queued_rows_are_claimed_oldest_first_up_to_the_fleets_cap(migrated_db: str) -> None:
+    now = datetime.now(UTC)
+    insert_rows(migrated_db, [
+        bot_row("1", "imagen4", "PROCESSING", fal_request_id="at-fal", age=timedelta(hours=2)),
+        bot_row("1", "imagen4", "PENDING", submit_started_at=ago(seconds=3)),  # maybe at fal
+        bot_row("1", "imagen4", "PENDING", prompt="newer", age=timedelta(minutes=1)),
+        bot_row("1", "imagen4", "PENDING", prompt="older", age=timedelta(minutes=5)),
+        bot_row("1", "imagen4", "PENDING", prompt="oldest", age=timedelta(minutes=9)),
+        bot_row("1", "imagen4", "PENDING", prompt="gave up", error="x", age=timedelta(hours=1)),
+        bot_row("1", "avatar", "PENDING", prompt="not this kind", age=timedelta(hours=1)),
+    ])
+    db = Database(migrated_db)
+    try:
+        def claim(cap: int, limit: int = 10, owner: str = OWNER) -> tuple[int, list[str]]:
+            busy, rows = generations.claim_queued(
+                db, kind="imagen4", owner=owner, now=now, cap=cap, limit=limit,
+                stale_before=now - timedelta(seconds=60))
+            return busy, [r.prompt for r in rows]
+
+        assert claim(cap=2) == (2, [])  # two already at fal (or maybe): none more
+        assert claim(cap=4) == (2, ["oldest", "older"])
+        # Claimed rows count at once, before their submission is even marked.
+        assert generations.in_flight(db, stale_before=now - timedelta(seconds=60)) == 4
+        assert claim(cap=9, limit=5, owner=OTHER) == (4, ["newer"])  # held ones are not free
+        # A dead owner's claims are free again, and no longer count.
+        assert generations.in_flight(db, stale_before=now - timedelta(seconds=60),
+                                     dead=[OWNER]) == 3
+        _, rows = generations.claim_queued(
+            db, kind="imagen4", owner=OTHER, now=now, cap=9, limit=5,
+            stale_before=now - timedelta(seconds=60), dead=[OWNER])
+        assert sorted(r.prompt for r in rows) == ["older", "oldest"]
+        assert sorted(generations.claim_owners(db)) == [OTHER]
+    finally:
+        db.dispose()
+
+
+def test_a_request_fal_answered_stops_counting_while_its_images_are_stored(
+        migrated_db: str) -> None:
+    insert_rows(migrated_db, [bot_row("1", "imagen4", "PROCESSING", fal_request_id="r",
+                                      claimed_by=OWNER, claimed_at=ago(seconds=1))])
+    db = Database(migrated_db)
+    try:
+        stale = datetime.now(UTC) - timedelta(seconds=60)
+        assert generations.in_flight(db, stale_before=stale) == 1
+        assert not generations.mark_answered(db, 1, owner=OTHER, now=datetime.now(UTC))
+        assert generations.mark_answered(db, 1, owner=OWNER, now=datetime.now(UTC))
+        assert generations.in_flight(db, stale_before=stale) == 0
+    finally:
+        db.dispose()
+
+
+def test_a_finished_row_holds_no_claim(migrated_db: str) -> None:
+    insert_rows(migrated_db, [
+        bot_row("1", "imagen4", "PROCESSING", fal_request_id="r1", claimed_by=OWNER,
+                claimed_at=ago(seconds=1)),
+        bot_row("1", "imagen4", "PROCESSING", fal_request_id="r2", claimed_by=OWNER,
+                claimed_at=ago(seconds=1)),
+        bot_row("1", "imagen4", "PROCESSING", fal_request_id="r3", claimed_by=OWNER,
+                claimed_at=ago(seconds=1)),
+    ])
+    db = Database(migrated_db)
+    try:
+        assert generations.change_state(db, 1, ["PROCESSING"], status="COMPLETED")
+        assert generations.change_claimed(db, 2, expected="PROCESSING", owner=OWNER,
+                                          status="FAILED", error="fal: no")
+        assert generations.change_state(db, 3, ["PROCESSING"], error="storage: down")
+        held = {r.id: r.claimed_by for r in (generations.get(db, i) for i in (1, 2, 3))
+                if r is not None}
+        assert held == {1: None, 2: None, 3: OWNER}  # an unfinished row keeps its claim
+    finally:
+        db.dispose()
+
+
+def test_unattended_rows_are_dead_or_stale_claims_handed_over_or_stuck(
+        migrated_db: str) -> None:
+    fresh = timedelta(seconds=5)
+    insert_rows(migrated_db, [
+        bot_row("1", "imagen4", "PROCESSING", prompt="dead owner", fal_request_id="a",
+                claimed_by=OTHER, claimed_at=ago(seconds=1), age=fresh),
+        bot_row("1", "imagen4", "PROCESSING", prompt="stale claim", fal_request_id="b",
+                claimed_by="live:3:c", claimed_at=ago(minutes=5), age=fresh),
+        bot_row("1", "imagen4", "PROCESSING", prompt="live claim", fal_request_id="c",
+                claimed_by="live:3:c", claimed_at=ago(seconds=1), age=fresh),
+        bot_row("1", "imagen4", "PROCESSING", prompt="handed over", fal_request_id="d",
+                error="storage: down", age=fresh),
+        bot_row("1", "imagen4", "PROCESSING", prompt="followed by its run",
+                fal_request_id="e", age=fresh),
+        bot_row("1", "imagen4", "PROCESSING", prompt="quiet", fal_request_id="f",
+                age=timedelta(minutes=3)),
+        bot_row("1", "imagen4", "PENDING", prompt="stuck", error="bot", age=timedelta(hours=1)),
+        bot_row("1", "imagen4", "PENDING", prompt="queued", age=timedelta(hours=1)),
+        bot_row("1", "imagen4", "PENDING", prompt="unsettled", submit_started_at=ago(seconds=5),
+                claimed_by=OTHER, claimed_at=ago(seconds=5), age=fresh),
+        bot_row("1", "imagen4", "PENDING", prompt="settled", submit_started_at=ago(minutes=3),
+                claimed_by=OTHER, claimed_at=ago(seconds=5), age=fresh),
+        bot_row("1", "imagen4", "PENDING", prompt="mine", submit_started_at=ago(minutes=3),
+                claimed_by=OWNER, claimed_at=ago(minutes=9), age=fresh),
+    ])
+    db = Database(migrated_db)
+    now = datetime.now(UTC)
+    try:
+        rows = generations.unattended(
+            db, kind="imagen4", owner=OWNER, stale_before=now - timedelta(minutes=1),
+            settled_before=now - timedelta(minutes=1),
+            stuck_before=now - timedelta(minutes=10), dead=[OTHER])
+        assert sorted(r.prompt for r in rows) == [
+            "dead owner", "handed over", "quiet", "settled", "stale claim", "stuck"]
+    finally:
+        db.dispose()
+
+
+def test_release_hands_over_a_row_fal_may_have(migrated_db: str) -> None:
+    insert_rows(migrated_db, [
+        bot_row("1", "imagen4", "PROCESSING", fal_request_id="r", claimed_by=OWNER,
+                claimed_at=ago(seconds=1)),
+        bot_row("1", "imagen4", "PENDING", claimed_by=OWNER, claimed_at=ago(seconds=1)),
+        bot_row("1", "imagen4", "PENDING", claimed_by=OTHER, claimed_at=ago(seconds=1)),
+    ])
+    db = Database(migrated_db)
+    try:
+        assert generations.renew(db, owner=OWNER, ids=[1, 2, 3], now=datetime.now(UTC)) == 2
+        assert generations.release_rows(db, owner=OWNER, ids=[1, 2, 3], reason="stopped") == 2
+        rows = [generations.get(db, i) for i in (1, 2, 3)]
+        assert [(r.claimed_by, r.error) for r in rows if r is not None] == [
+            (None, "stopped"), (None, None), (OTHER, None)]  # a queued row stays queued
+    finally:
+        db.dispose()

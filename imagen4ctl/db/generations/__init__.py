@@ -1,16 +1,27 @@
 """Every statement on the `generations` table, and the one row type they return.
 
 Services ask in words and hold no SQL: `insert_many`, `change_state`, `claim`, `stream_stuck`,
-`Report(...).counts_by_kind_and_status()`. Two paths lead in, both from here:
+`claim_queued`, `Report(...).counts_by_kind_and_status()`. Three paths lead in, all from here:
 
 - `plain`: plain SQL on the driver's own connections, for what must not wait for
   SQLAlchemy's import (the `user-images` report, a fix-pending dry run, the generation
   service's state changes);
-- `orm`: SQLAlchemy sessions, for the commands that load the ORM anyway.
+- `orm`: SQLAlchemy sessions, for the commands that load the ORM anyway;
+- `claims`: the worker fleet's claims and its count of requests at fal (plain SQL too).
 
 Whichever path read it, a row comes back as a `GenerationRow`.
 """
 
+from imagen4ctl.db.generations.claims import (
+    QUEUED,
+    claim_owners,
+    claim_queued,
+    in_flight,
+    mark_answered,
+    release_rows,
+    renew,
+    unattended,
+)
 from imagen4ctl.db.generations.orm import (
     bounded_counts,
     change_claimed,
@@ -36,6 +47,7 @@ from imagen4ctl.db.generations.plain import (
     Report,
     Statements,
     change_state,
+    in_flight_with_request,
     insert,
     insert_many,
     insert_new,
@@ -47,10 +59,12 @@ from imagen4ctl.db.generations.plain import (
 from imagen4ctl.db.generations.rows import COLUMNS, GenerationRow, NewGeneration
 
 __all__ = [
-    "COLUMNS", "UPDATABLE", "GenerationRow", "NewGeneration", "Report", "Statements",
-    "bounded_counts", "change_claimed", "change_state", "claim", "completed_rows",
-    "count_stuck", "counts_by_status", "delete_claimed", "failed_rows", "get", "insert",
-    "insert_many", "insert_new", "latency_quantiles", "latency_total", "lock_key",
-    "outcomes_since", "record_submission", "release", "restore_rows", "result_urls_of",
+    "COLUMNS", "QUEUED", "UPDATABLE", "GenerationRow", "NewGeneration", "Report", "Statements",
+    "bounded_counts", "change_claimed", "change_state", "claim", "claim_owners", "claim_queued",
+    "completed_rows", "count_stuck", "counts_by_status", "delete_claimed", "failed_rows", "get",
+    "in_flight", "in_flight_with_request", "insert", "insert_many", "insert_new",
+    "latency_quantiles", "latency_total", "lock_key", "mark_answered", "outcomes_since",
+    "record_submission", "release", "release_rows", "renew", "restore_rows", "result_urls_of",
     "stream_completed", "stream_stuck", "stuck_count_and_oldest", "stuck_rows", "taken_pairs",
+    "unattended",
 ]

@@ -314,6 +314,8 @@ def change_claimed(db: Database, generation_id: int, *, expected: str, owner: st
     from imagen4ctl.db.models import Generation as g  # noqa: N813
 
     values.setdefault("updated_at", utcnow())
+    if values.get("status") in (COMPLETED, FAILED):  # a finished row is held by nobody, at once
+        values.update(claimed_by=None, claimed_at=None)
     with db.session() as session:
         result = session.execute(
             update(g).where(and_(g.id == generation_id, g.status == expected,

@@ -13,7 +13,16 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from imagen4ctl.db.generations.rows import GenerationRow, NewGeneration, from_driver
-from imagen4ctl.db.values import COMPLETED, IN_FLIGHT, PENDING, PROCESSING, as_utc, sql_list, utcnow
+from imagen4ctl.db.values import (
+    COMPLETED,
+    FAILED,
+    IN_FLIGHT,
+    PENDING,
+    PROCESSING,
+    as_utc,
+    sql_list,
+    utcnow,
+)
 from imagen4ctl.db.writer import in_list
 
 if TYPE_CHECKING:
@@ -26,6 +35,7 @@ UPDATABLE = frozenset({
     "status", "fal_request_id", "result_urls", "error", "updated_at", "submit_started_at",
     "submitted_at", "completed_at", "params",
 })
+FINISHED = (COMPLETED, FAILED)
 # A (user, prompt, ratio) with such a row is not generated again by seeding: done or on its way.
 _TAKEN = f"status IN {sql_list((COMPLETED, *IN_FLIGHT))}"
 
@@ -102,6 +112,8 @@ def change_state(db: Database, generation_id: int, expected: Sequence[str],
     values.setdefault("updated_at", utcnow())
     unknown = values.keys() - UPDATABLE
     assert not unknown, f"not a column imagen4ctl updates: {sorted(unknown)}"
+    if values.get("status") in FINISHED:  # a finished row is held by nobody, at once
+        values.update(claimed_by=None, claimed_at=None)
     states, state_params = in_list("state", expected)
     assignments = ", ".join(f"{name} = :{name}" for name in values)
     with db.write() as writer:
@@ -122,6 +134,18 @@ def record_submission(db: Database, generation_id: int, request_id: str) -> None
                            "submitted_at = :now WHERE id = :generation_id "
                            "AND fal_request_id IS NULL",
                            request_id=request_id, now=now, generation_id=generation_id)
+
+
+def in_flight_with_request(db: Database, request_id: str) -> GenerationRow | None:
+    """The PENDING/PROCESSING row that holds fal's `request_id`, if any: whom a webhook
+    delivery is for. Only in-flight rows are looked at (the partial index of 0003 covers
+    them); a finished row has nothing left to learn from fal."""
+    sql = (f"SELECT {', '.join(_STUCK_COLUMNS)} FROM generations "  # noqa: S608
+           f"WHERE status IN {sql_list(IN_FLIGHT)} AND fal_request_id = :request_id "
+           "ORDER BY id LIMIT 1")
+    with db.write() as writer:
+        found = writer.rows(sql, request_id=request_id)
+    return from_driver(_STUCK_COLUMNS, found[0]) if found else None
 
 
 def taken_pairs(db: Database, user_id: str, kind: str) -> set[tuple[str, str | None]]:
