@@ -145,6 +145,7 @@ class FalStatus:
     logs: tuple[str, ...] = ()
     error: str | None = None
     error_type: str | None = None
+    result: FalResult | None = None  # fal's answer, when it came with the status (a webhook)
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,7 @@ class FalAdapter:
 
     key: str = field(repr=False)
     key_source: str = "FAL_KEY"
+    webhook_url: str | None = None  # where fal POSTs each submission's end (fal_webhook.py)
 
     @cached_property
     def _http(self) -> httpx.Client:
@@ -223,6 +225,8 @@ class FalAdapter:
                 _current.sent_at = None
                 response = self._http.request("POST", QUEUE_URL_FORMAT + endpoint,
                                               json=arguments, extensions={_ONCE: True},
+                                              params=({"fal_webhook": self.webhook_url}
+                                                      if self.webhook_url else None),
                                               timeout=self._client.default_timeout)
                 answered = time.monotonic()
                 sent_at = getattr(_current, "sent_at", None)
@@ -239,18 +243,9 @@ class FalAdapter:
         return Submitted(request_id, sent_at if sent_at is not None else answered)
 
     def status(self, endpoint: str, request_id: str, deadline: Deadline) -> FalStatus:
-        import fal_client
-
         with self.bounded(deadline), self._translated("status"):
             status = self._client.get_handle(endpoint, request_id).status(with_logs=True)
-        if isinstance(status, fal_client.Queued):
-            return FalStatus("IN_QUEUE", queue_position=int(status.position))
-        if isinstance(status, fal_client.InProgress):
-            return FalStatus("IN_PROGRESS", logs=_log_lines(status.logs))
-        if isinstance(status, fal_client.Completed):
-            return FalStatus("COMPLETED", logs=_log_lines(status.logs),
-                             error=status.error, error_type=status.error_type)
-        raise FalError(f"fal answered an unknown status for {request_id}")
+        return fal_status(status, request_id)
 
     def result(self, endpoint: str, request_id: str, deadline: Deadline) -> FalResult:
         """The answer of a request fal has reported COMPLETED.
@@ -389,6 +384,20 @@ def detail_text(detail: Any, limit: int = 200) -> str:
         text = str(detail)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def fal_status(status: fal_client.Status, request_id: str) -> FalStatus:
+    """fal_client's status object as ours (the status call's, and each event of the stream)."""
+    import fal_client
+
+    if isinstance(status, fal_client.Queued):
+        return FalStatus("IN_QUEUE", queue_position=int(status.position))
+    if isinstance(status, fal_client.InProgress):
+        return FalStatus("IN_PROGRESS", logs=_log_lines(status.logs))
+    if isinstance(status, fal_client.Completed):
+        return FalStatus("COMPLETED", logs=_log_lines(status.logs),
+                         error=status.error, error_type=status.error_type)
+    raise FalError(f"fal answered an unknown status for {request_id}")
 
 
 def _log_lines(logs: Any) -> tuple[str, ...]:

@@ -8,12 +8,18 @@ needs, SSL_CERT_FILE included. One host serves everything:
                                                            status_url, cancel_url, queue_position}
     GET  /{owner}/{alias}/requests/{id}/status  status  -> 202 IN_QUEUE / IN_PROGRESS,
                                                            200 COMPLETED (?logs=1 adds logs)
+    GET  /{owner}/{alias}/requests/{id}/status/stream
+                                                stream  -> text/event-stream, one status
+                                                           object an event, until COMPLETED
     GET  /{owner}/{alias}/requests/{id}         result  -> the model's answer once COMPLETED
     PUT  /{owner}/{alias}/requests/{id}/cancel  cancel  -> 202 / 400 ALREADY_COMPLETED / 404
     GET  /files/{id}/{n}.{png,jpeg,webp}        the images (public, like fal's CDN)
     GET  /v1/models/requests/by-endpoint        Platform API listing (see platform.py)
     GET  /v1/serverless/requests/by-endpoint    the same, for endpoints the caller owns
     GET  /v1/account/billing?expand=credits     the account's balance (see platform.py)
+    GET  /.well-known/jwks.json                 the keys that sign webhook deliveries; a
+                                                submission with ?fal_webhook=URL is POSTed
+                                                to URL when it ends (see webhooks.py)
 
 A request spends `latency * queue_fraction` seconds IN_QUEUE, with queue_position counting
 down to 0, then the rest IN_PROGRESS, then COMPLETED. State is computed from timestamps, so
@@ -72,6 +78,16 @@ Behaviour chosen where fal's documentation is silent (the real service may diffe
   that outlived a positive balance.
 - The sync API (fal.run) shares the host, so `fal_client.run()` is not emulated.
 
+The status stream follows fal's page (https://fal.ai/docs/inference-api/queue/status-stream):
+"Each event has a data: line with a status object. The status object has the same fields as
+the response of Get request status. The server closes the stream after it sends the
+COMPLETED event. The server sends a comment line every 15 seconds to keep the connection
+open." Here an event goes out whenever the status object changes (the state, the queue
+position, a new log line with ?logs=1), the comment line is `: keep-alive` every `keepalive`
+seconds (15 by default; tests shorten it), and the body is chunked. Whether fal's events carry
+every log line so far or only the new ones is not documented: here, as in the status call,
+every line so far.
+
 Faults are described in faults.py; the request log in log.py.
 """
 
@@ -89,7 +105,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -117,7 +133,7 @@ from imagen4ctl.emulator.images import (
     padded_png,
     render_image,
 )
-from imagen4ctl.emulator.log import Kind, LogEntry, RequestLog, fingerprint
+from imagen4ctl.emulator.log import Kind, Lifetime, LogEntry, RequestLog, fingerprint
 from imagen4ctl.emulator.model import Imagen4Input, ValidationError, validate
 from imagen4ctl.emulator.platform import (
     PlatformError,
@@ -126,6 +142,7 @@ from imagen4ctl.emulator.platform import (
     endpoint_ids,
     list_requests,
 )
+from imagen4ctl.emulator.webhooks import JWKS_PATH, WebhookSender, delivery_body
 from imagen4ctl.endpoints import ENDPOINTS
 
 logger = logging.getLogger(__name__)
@@ -163,7 +180,8 @@ class Request:
 
 @dataclass
 class Reply:
-    """What to answer; `body` may be an iterable (then `length` is required)."""
+    """What to answer; `body` may be an iterable (then `length` is required), and `stream`
+    a chunked body of unknown length that ends when the iterator does."""
 
     status: int = 200
     body: bytes | Iterable[bytes] = b""
@@ -172,6 +190,11 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     chunk_delay: float = 0.0
     drop: bool = False
+    stream: Generator[bytes, None, None] | None = None
+
+
+class _Cut(Exception):
+    """Raised by a stream's body: the connection closes there, with the body unfinished."""
 
 
 @dataclass
@@ -201,6 +224,7 @@ class _Job:
     position: int
     cancelled_at: float | None = None
     file_sizes: list[int] | None = None
+    webhook_url: str | None = None  # the submission's ?fal_webhook=
 
     @property
     def hangs(self) -> bool:
@@ -262,7 +286,8 @@ class FalEmulator:
 
     The constructor's arguments up to `queue_depth` are plain attributes (`faults` accepts a
     spec string) that tests may change while the server runs; `latency`, `queue_fraction`
-    and run/latency faults apply to requests submitted afterwards. `log` records every call.
+    and run/latency faults apply to requests submitted afterwards. `log` records every call,
+    and each queued request's lifetime (queued, started, ended) for concurrency checks.
     """
 
     def __init__(
@@ -281,6 +306,7 @@ class FalEmulator:
         large_result_threshold: int = 10 * 1024,
         payload_ttl: float = 30 * 86400.0,
         owned_namespaces: Iterable[str] = (),
+        keepalive: float = 15.0,
         queue_depth: int = 2,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -300,8 +326,11 @@ class FalEmulator:
         self.payload_ttl = payload_ttl
         # The serverless/ listing covers only endpoints the caller owns (these namespaces).
         self.owned_namespaces: set[str] = set(owned_namespaces)
+        self.keepalive = keepalive  # seconds between a status stream's comment lines
         self.queue_depth = queue_depth
         self.log = RequestLog()
+        # One clock for every lifetime in the log, so that two requests' times compare exactly.
+        self._epoch = time.time() - time.monotonic()
 
         self._lock = threading.RLock()
         self._faults = FaultPlan()
@@ -310,11 +339,14 @@ class FalEmulator:
         self.faults = faults
         self._jobs: dict[str, _Job] = {}
         self._rng = random.Random()
+        # Status streams wait on this between events; a cancel or stop() wakes them.
+        self._changed = threading.Condition()
+        self._wakes = 0
         self._defaults = {name: getattr(self, name) for name in (
             "latency", "queue_fraction", "accepted_keys", "forbidden_keys", "locked_keys",
             "lock_reason", "balance", "billing_refused", "faults",
             "result_ttl", "large_result_ttl", "large_result_threshold", "payload_ttl",
-            "owned_namespaces", "queue_depth")}
+            "owned_namespaces", "keepalive", "queue_depth")}
 
         self._bind_host = host
         self._bind_port = port
@@ -324,6 +356,7 @@ class FalEmulator:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._renderer: ThreadPoolExecutor | None = None
+        self.webhooks = WebhookSender()  # its knobs (time_scale, drop, forge): webhooks.py
 
     # -- knobs -------------------------------------------------------------------------
 
@@ -342,6 +375,7 @@ class FalEmulator:
         """Put every knob back to its constructor value (sets are copied, not shared)."""
         for name, value in self._defaults.items():
             setattr(self, name, set(value) if isinstance(value, set) else value)
+        self.webhooks.restore_defaults()
 
     def reset(self) -> None:
         """Forget every request, fault count and log entry; knobs are left alone."""
@@ -350,6 +384,7 @@ class FalEmulator:
             self._run_counts.clear()
             self._directive_counts.clear()
         self.log.clear()
+        self.webhooks.reset()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -378,6 +413,7 @@ class FalEmulator:
                                         kwargs={"poll_interval": 0.2},
                                         name="fal-emulator", daemon=True)
         self._thread.start()
+        self.webhooks.start()
         return self
 
     def stop(self) -> None:
@@ -385,8 +421,10 @@ class FalEmulator:
         if server is None:
             return
         server.shutdown()
+        self._wake_streams()  # they see the server gone and end
         server.server_close()
         server.close_connections()
+        self.webhooks.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self._renderer is not None:
@@ -480,6 +518,8 @@ class FalEmulator:
     def _dispatch(self, request: Request, trace: _Trace) -> Reply:
         segments = [part for part in request.path.split("/") if part]
         method = request.method
+        if request.path == JWKS_PATH and method in ("GET", "HEAD"):
+            return _json_reply(200, self.webhooks.jwks())
         if segments[:1] == ["v1"]:
             trace.kind = "platform"
             return self._platform(request, tuple(segments[1:]), trace)
@@ -500,6 +540,9 @@ class FalEmulator:
                 if method == "GET" and rest[1:] == ["status"]:
                     trace.kind = "status"
                     return self._status(request, app, rest[0], trace)
+                if method == "GET" and rest[1:] == ["status", "stream"]:
+                    trace.kind = "stream"
+                    return self._stream(request, app, rest[0], trace)
                 if method == "PUT" and rest[1:] == ["cancel"]:
                     trace.kind = "cancel"
                     return self._cancel(request, app, rest[0], trace)
@@ -587,6 +630,9 @@ class FalEmulator:
         if arguments is _NOT_JSON:
             return _json_reply(422, {"detail": [{"loc": ["body"], "msg": "JSON decode error",
                                                  "type": "json_invalid"}]})
+        webhook = request.query.get("fal_webhook", [None])[-1]
+        if webhook is not None and urlsplit(webhook).scheme not in ("http", "https"):
+            return _json_reply(422, {"detail": "fal_webhook must be an http(s) URL"})
         header = request.headers.get("x-emulator-fault")
         try:
             directives = faults_in_prompt(trace.prompt or "").merged(parse_faults(header))
@@ -620,13 +666,19 @@ class FalEmulator:
                 submitted=now, submitted_wall=time.time(), queue_seconds=queue_seconds,
                 # Validation fails as soon as a runner picks the request up.
                 run_seconds=0.0 if errors else max(0.0, latency - queue_seconds),
-                position=self.queue_depth + ahead,
+                position=self.queue_depth + ahead, webhook_url=webhook,
             )
             self._jobs[request_id] = job
+            self.log.record_queued(Lifetime(
+                request_id=request_id, endpoint_id=job.endpoint_id, prompt=trace.prompt,
+                queued_at=self._at(now), started_at=self._at(now + queue_seconds),
+                ended_at=None if job.hangs else self._at(now + queue_seconds + job.run_seconds)))
         if model_input is not None and self._renderer is not None:
             # The images are made while the request runs, as at fal: rendered at completion,
             # a wave of requests finishing together would wait on this process's CPU.
             self._renderer.submit(self._file_sizes, job)
+        if webhook is not None and not job.hangs:
+            self._schedule_webhook(job, request, now + queue_seconds + job.run_seconds)
         if fault is not None and fault.queued:  # queued, and billed; its answer is lost
             lost = self._http_fault(fault, request_id)
             if lost is not None:
@@ -634,6 +686,20 @@ class FalEmulator:
         body = {"status": "IN_QUEUE", "request_id": request_id,
                 **self._urls(request, app_id, request_id), "queue_position": job.position}
         return _json_reply(200, body, request_id)
+
+    def _schedule_webhook(self, job: _Job, request: Request, due: float) -> None:
+        """fal POSTs a request's end to the URL its submission carried (webhooks.py)."""
+        assert job.webhook_url is not None
+        self.webhooks.schedule(job.request_id, job.webhook_url, due,
+                               lambda: self._webhook_body(job, request))
+
+    def _webhook_body(self, job: _Job, request: Request) -> dict[str, Any]:
+        outcome = self._outcome(job, request)
+        return delivery_body(job.request_id, outcome.status_code, outcome.body)
+
+    def _at(self, moment: float) -> datetime:
+        """A monotonic moment as UTC, on the clock every lifetime shares."""
+        return datetime.fromtimestamp(self._epoch + moment, UTC)
 
     def _phase(self, job: _Job, now: float) -> _Phase:
         if job.cancelled_at is not None and now >= job.cancelled_at:
@@ -766,21 +832,91 @@ class FalEmulator:
         if isinstance(found, Reply):
             return found
         job, phase, now = found
+        body = self._status_body(request, app, job, phase, now)
+        return _json_reply(200 if phase.state == "COMPLETED" else 202, body, request_id)
+
+    def _status_body(self, request: Request, app: str, job: _Job, phase: _Phase,
+                     now: float) -> dict[str, Any]:
+        """The status object: the status call's answer, and each event of the stream."""
         with_logs = request.query.get("logs", ["0"])[-1].lower() in ("1", "true", "yes")
-        body: dict[str, Any] = {"status": phase.state, "request_id": request_id,
-                                **self._urls(request, app, request_id),
+        body: dict[str, Any] = {"status": phase.state, "request_id": job.request_id,
+                                **self._urls(request, app, job.request_id),
                                 "logs": self._logs(job, phase, now) if with_logs else None}
         if phase.state == "IN_QUEUE":
             body["queue_position"] = phase.position
-            return _json_reply(202, body, request_id)
-        if phase.state == "IN_PROGRESS":
-            return _json_reply(202, body, request_id)
-        outcome = self._outcome(job, request)
-        body["metrics"] = ({"inference_time": round(job.run_seconds, 3)}
-                           if outcome.status_code != 422 and job.cancelled_at is None else {})
-        if outcome.error is not None:
-            body["error"], body["error_type"] = outcome.error, outcome.error_type
-        return _json_reply(200, body, request_id)
+        elif phase.state == "COMPLETED":
+            outcome = self._outcome(job, request)
+            body["metrics"] = ({"inference_time": round(job.run_seconds, 3)}
+                               if outcome.status_code != 422 and job.cancelled_at is None
+                               else {})
+            if outcome.error is not None:
+                body["error"], body["error_type"] = outcome.error, outcome.error_type
+        return body
+
+    def _stream(self, request: Request, app: str, request_id: str, trace: _Trace) -> Reply:
+        found = self._find(request, app, request_id, trace, "stream")
+        if isinstance(found, Reply):
+            return found
+        fault = trace.fault
+        if fault is not None and fault.action == "refuse":
+            return _json_reply(404, {"detail": "Not Found"})
+        cut = fault is not None and fault.action == "cut"
+        return Reply(content_type="text/event-stream",
+                     headers={"cache-control": "no-store", "x-fal-request-id": request_id},
+                     stream=self._events(request, app, found, cut=cut))
+
+    def _events(self, request: Request, app: str, job: _Job, *,
+                cut: bool) -> Generator[bytes, None, None]:
+        """The stream's body: an event whenever the status object changes, a comment line
+        every `keepalive` seconds, and the end after COMPLETED (`cut`: after the first event,
+        without the body's end)."""
+        sent: dict[str, Any] | None = None
+        keepalive_at = time.monotonic() + self.keepalive
+        while self._server is not None:
+            with self._changed:
+                wakes = self._wakes
+            now = time.monotonic()
+            with self._lock:
+                phase = self._phase(job, now)
+                change = self._next_change(job, phase, now)
+            body = self._status_body(request, app, job, phase, now)
+            if body != sent:
+                sent = body
+                yield b"data: " + _json_bytes(body) + b"\n\n"
+                if phase.state == "COMPLETED":
+                    return
+                if cut:
+                    raise _Cut
+            now = time.monotonic()
+            if now >= keepalive_at:
+                yield b": keep-alive\n\n"
+                keepalive_at = now + self.keepalive
+            wake = keepalive_at if change is None else min(change, keepalive_at)
+            with self._changed:
+                if self._wakes == wakes:
+                    self._changed.wait(max(0.0, wake - time.monotonic()))
+
+    @staticmethod
+    def _next_change(job: _Job, phase: _Phase, now: float) -> float | None:
+        """When `job`'s status object may change next; None: only a cancel changes it."""
+        queue_end = job.submitted + job.queue_seconds
+        if phase.state == "COMPLETED" or (phase.state == "IN_PROGRESS" and job.hangs):
+            return None
+        if phase.state == "IN_QUEUE":
+            if phase.position == 0 or job.position == 0:
+                return queue_end
+            # The position drops below `phase.position` once the queue's remaining fraction
+            # (see _phase) falls below phase.position / job.position.
+            moment = queue_end - phase.position / job.position * job.queue_seconds
+        else:  # a new log line comes at a quarter of the run (see _logs); it ends at 4/4
+            quarter = math.floor(phase.progress * 4) + 1
+            moment = queue_end + quarter / 4 * job.run_seconds
+        return max(moment, now + 0.001)
+
+    def _wake_streams(self) -> None:
+        with self._changed:
+            self._wakes += 1
+            self._changed.notify_all()
 
     def _result(self, request: Request, app: str, request_id: str, trace: _Trace) -> Reply:
         found = self._find_phase(request, app, request_id, trace, "result")
@@ -814,6 +950,10 @@ class FalEmulator:
                                          "detail": "Request already completed"}, request_id)
             if not (ignored and state == "IN_PROGRESS"):
                 job.cancelled_at = now
+                self.log.record_cancelled(request_id, self._at(now))
+                if job.webhook_url is not None:  # a cancel ends it now: fal says so now
+                    self._schedule_webhook(job, request, now)
+        self._wake_streams()
         return _json_reply(202, {"status": "CANCELLATION_REQUESTED"}, request_id)
 
     # -- files -------------------------------------------------------------------------
@@ -959,6 +1099,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._write(reply)
 
     def _write(self, reply: Reply) -> None:
+        if reply.stream is not None:
+            self._write_stream(reply, reply.stream)
+            return
         pieces: Iterable[bytes]
         if isinstance(reply.body, bytes):
             pieces, length = [reply.body], len(reply.body)
@@ -980,6 +1123,29 @@ class _Handler(BaseHTTPRequestHandler):
                     time.sleep(reply.chunk_delay)
         except OSError:  # the client hung up, e.g. a size limit stopped the download
             self.close_connection = True
+
+    def _write_stream(self, reply: Reply, stream: Generator[bytes, None, None]) -> None:
+        """A chunked body, each piece sent as it comes; `_Cut` hangs up in the middle."""
+        try:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", reply.content_type)
+            self.send_header("Transfer-Encoding", "chunked")
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            for piece in stream:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+        except _Cut:
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        except OSError:  # the client left (its deadline came), or stop() closed the socket
+            self.close_connection = True
+        finally:
+            stream.close()
 
 
 class _Server(ThreadingHTTPServer):

@@ -85,6 +85,9 @@ def diagnose(settings: Settings, *, timeout: float = 5.0, offline: bool = False)
     model = check_model(settings)
     if model is not None:
         checks.append(model)
+    if settings.webhook_jwks_set:
+        checks.append(_guard("fal_webhooks", lambda: check_webhook_keys(settings, timeout,
+                                                                        offline)))
     misses = settings.near_misses()
     if misses:
         checks.append(Check(
@@ -157,6 +160,21 @@ def check_model(settings: Settings) -> Check | None:
                  f"IMAGEN4_MODEL {model!r} is not an Imagen 4 endpoint imagen4ctl knows"
                  + (f": did you mean {guess}?" if guess else ""),
                  f"Set IMAGEN4_MODEL to one of {', '.join(ENDPOINTS)}; {MODELS_HINT}")
+
+
+def check_webhook_keys(settings: Settings, timeout: float, offline: bool) -> Check:
+    """FAL_WEBHOOK_JWKS_URL, when set: the keys a worker verifies fal's deliveries with."""
+    from imagen4ctl.adapters.fal_webhook import probe_jwks
+
+    url = settings.webhook_jwks_url
+    if offline:
+        return Check("fal_webhooks", "skip", f"skipped: --offline ({url})")
+    probe = probe_jwks(url, timeout)
+    if not probe.ok:
+        return Check("fal_webhooks", "fail", probe.message,
+                     "Check FAL_WEBHOOK_JWKS_URL: without its keys a worker refuses every "
+                     "webhook delivery (503), and follows its rows itself.")
+    return Check("fal_webhooks", "ok", probe.message)
 
 
 def check_database(settings: Settings, timeout: float, offline: bool) -> Check:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from itertools import groupby
+from typing import Any
 
 import fal_client
 import httpx
@@ -291,3 +294,96 @@ def test_log_helpers_group_by_request_and_filter_submissions(
     assert fal_emulator.state(first.request_id) == "COMPLETED"
     fal_emulator.reset()
     assert len(log) == 0 and fal_emulator.state(first.request_id) is None
+
+
+# --- the status stream (https://fal.ai/docs/inference-api/queue/status-stream) ---
+
+
+@dataclass
+class Streamed:
+    events: list[dict[str, Any]] = field(default_factory=list)
+    comments: list[str] = field(default_factory=list)
+    ended: float = 0.0  # when the server closed it (monotonic)
+    error: httpx.TransportError | None = None
+
+
+def read_stream(status_url: str, key: str = "k", logs: bool = True) -> Streamed:
+    """The stream's lines as they came: `data:` events (parsed) and comment lines."""
+    streamed = Streamed()
+    with httpx.stream("GET", status_url + "/stream", headers=auth(key), timeout=30,
+                      params={"logs": "1" if logs else "0"}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/event-stream"
+        try:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    streamed.events.append(json.loads(line[len("data: "):]))
+                elif line.startswith(":"):
+                    streamed.comments.append(line)
+        except httpx.TransportError as e:
+            streamed.error = e
+    streamed.ended = time.monotonic()
+    return streamed
+
+
+def test_the_stream_sends_each_change_keeps_alive_and_ends_after_completed(
+    fal_emulator: FalEmulator, fal_sync_client: fal_client.SyncClient
+) -> None:
+    fal_emulator.latency, fal_emulator.keepalive = 0.8, 0.1
+    handle = fal_sync_client.submit(MODEL, {"prompt": "streamed"})
+    streamed = read_stream(handle.status_url)
+
+    assert streamed.error is None
+    states = [state for state, _ in groupby(e["status"] for e in streamed.events)]
+    assert states == ["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
+    assert all(a != b for a, b in zip(streamed.events, streamed.events[1:], strict=False))
+    assert [e["queue_position"] for e in streamed.events if e["status"] == "IN_QUEUE"][-1] == 0
+    progress = [len(e["logs"]) for e in streamed.events if e["status"] == "IN_PROGRESS"]
+    assert progress == sorted(progress) and len(progress) >= 2  # one event per new log line
+    assert len(streamed.comments) >= 3 and set(streamed.comments) == {": keep-alive"}
+    final = streamed.events[-1]
+    status = httpx.get(handle.status_url, headers=auth("k"), params={"logs": "1"}).json()
+    assert final == status  # "the same fields as the response of Get request status"
+    assert [(e.kind, e.status) for e in fal_emulator.log.for_request(handle.request_id)
+            if e.kind == "stream"] == [("stream", 200)]
+
+
+def test_a_cancel_ends_the_stream_at_once_with_the_cancelled_status(
+    fal_emulator: FalEmulator, fal_sync_client: fal_client.SyncClient
+) -> None:
+    handle = fal_sync_client.submit(MODEL, {"prompt": "hangs [fault:run=hang]"})
+    with ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(read_stream, handle.status_url)
+        time.sleep(0.5)
+        handle.cancel()
+        cancelled = time.monotonic()
+        streamed = reading.result(timeout=10)
+    assert streamed.ended - cancelled < 0.5  # woken by the cancel, not its keep-alive timer
+    assert streamed.events[-1]["status"] == "COMPLETED"
+    assert streamed.events[-1]["error"] == "Request was cancelled"
+
+
+@pytest.mark.parametrize(("fault", "code", "content_type"), [
+    ("stream=refuse", 404, "application/json"),
+    ("stream=503", 503, "application/json"),
+    ("stream=malformed", 200, "application/json"),
+])
+def test_stream_faults_answer_something_that_is_no_stream(
+    fal_emulator: FalEmulator, fal_sync_client: fal_client.SyncClient, fault: str, code: int,
+    content_type: str
+) -> None:
+    handle = fal_sync_client.submit(MODEL, {"prompt": f"no stream [fault:{fault}]"})
+    response = httpx.get(handle.status_url + "/stream", headers=auth("k"))
+    assert (response.status_code, response.headers["content-type"]) == (code, content_type)
+
+
+def test_a_cut_stream_stops_after_its_first_event_and_cutx1_only_once(
+    fal_emulator: FalEmulator, fal_sync_client: fal_client.SyncClient
+) -> None:
+    handle = fal_sync_client.submit(MODEL, {"prompt": "cut once [fault:stream=cutx1]"})
+    first = read_stream(handle.status_url)
+    assert isinstance(first.error, httpx.RemoteProtocolError)  # the body never ended
+    assert [e["status"] for e in first.events] == ["IN_QUEUE"]
+    second = read_stream(handle.status_url)
+    assert second.error is None and second.events[-1]["status"] == "COMPLETED"
+    assert [e.kind for e in fal_emulator.log.for_request(handle.request_id)].count("stream") == 2
