@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,8 +65,34 @@ def test_readme_examples_come_from_the_demo() -> None:
     assert "every exit code and number as expected" in done.stdout
     recorded = steps(done.stdout)
     blocks = readme_blocks(README)
-    assert set(blocks) == {3, 4, 5, 7, 9}
+    assert set(blocks) == {3, 4, 5, 7, 9, 12}
     for number, block in blocks.items():
         assert normalize(block) == normalize(recorded[number]), (
             f"README's demo step {number} drifted: re-record with "
             "`python -m imagen4ctl.demo.transcript README.md`")
+
+
+def readme_sql(dialect: str) -> str:
+    """The bot's INSERT for `dialect` from "The bot's side: insert a PENDING row"."""
+    section = README[README.index("### The bot's side"):README.index("### How many replicas")]
+    postgresql, sqlite = re.findall(r"```sql\n(.*?)```", section, re.DOTALL)
+    return {"postgresql": postgresql, "sqlite": sqlite}[dialect]
+
+
+def test_the_bots_insert_in_the_readme_makes_a_row_the_worker_completes(
+        migrated_db: str, fal_emulator: object, cli: Any) -> None:
+    from sqlalchemy import create_engine
+
+    from imagen4ctl.db.session import parse_database_url
+
+    engine = create_engine(parse_database_url(migrated_db))
+    with engine.begin() as connection:
+        [(row_id,)] = connection.exec_driver_sql(readme_sql(engine.dialect.name)).fetchall()
+    result = cli("worker", "--once", env={"DATABASE_URL": migrated_db, "FAL_KEY": "k"})
+    assert result.exit_code == 0, result.output
+    with engine.begin() as connection:
+        [(status, urls)] = connection.exec_driver_sql(
+            f"SELECT status, result_urls FROM generations WHERE id = {int(row_id)}").fetchall()
+    engine.dispose()
+    assert status == "COMPLETED" and urls, result.output
+    assert f"row {row_id} user 42" in result.output

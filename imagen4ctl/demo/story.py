@@ -71,6 +71,13 @@ def story(workdir: Path) -> list[Step]:
              ("user-images", USER, "--recent", "0"), 0,
              ("user 42 — 147 generations", "nothing stuck")),
         Step("Health again.", ("health",), 0, ("OK",)),
+        Step("The bot after its fix only inserts a row PENDING with the contract's columns, "
+             "and calls nothing.",
+             ("sqlite:///" + str(workdir / "demo.db"), USER), 0, ("written PENDING",),
+             program="imagen4ctl.demo.bot"),
+        Step("One pass of the worker submits it, stores its image and completes the row: "
+             "what `imagen4ctl worker` does all the time.", ("worker", "--once"), 0,
+             ("PENDING → PROCESSING", "PROCESSING → COMPLETED")),
         Step("A contact sheet of the gallery.",
              ("gallery", "--user-id", USER, "--out", str(gallery)), 0, ("index.html",)),
     ]

@@ -14,6 +14,7 @@ _VOLATILE = [
     (re.compile(r"/tmp/imagen4ctl-demo-[\w-]+"), "<demo>"),
     (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "<request>"),
     (re.compile(r"127\.0\.0\.1:\d+"), "127.0.0.1:<port>"),
+    (re.compile(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z\b"), "<time>"),  # worker log lines
     (re.compile(r"\b\d+\.\d+s\b"), "<t>s"),
     (re.compile(r"(?<=\d[mh]) \d+[sm]\b"), ""),  # an age's last unit moves while it runs
     (re.compile(r"\b\d+\.\d\b"), "<t>"),  # seconds columns
