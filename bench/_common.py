@@ -139,3 +139,16 @@ SAMPLES_HEADER = f"{'measurement':<50} {'median':>11} {'min':>11} {'max':>11} {'
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:,.1f} ms"
+
+
+def start_bucket(folder: Path, env: dict[str, str]) -> Any:
+    """A SeaweedFS S3 server under `folder` with the bucket `bench`, its settings put in
+    `env`; the caller stops it."""
+    from tests.plugins.s3 import SeaweedServer
+
+    server = SeaweedServer(folder / "seaweedfs")
+    server.start()
+    server.admin_client().make_bucket("bench")
+    env.update(MINIO_ENDPOINT=server.endpoint, MINIO_ACCESS_KEY=server.access_key,
+               MINIO_SECRET_KEY=server.secret_key, MINIO_BUCKET="bench")
+    return server

@@ -46,7 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from _common import compile_package
+from _common import compile_package, start_bucket
 from _perf import (
     KEY,
     LAUNCHER,
@@ -169,15 +169,7 @@ def main() -> int:
         env = bench_env(**emulator.env(), FAL_KEY=KEY, HOME=str(work),
                         DATABASE_URL=f"sqlite:///{template}",
                         IMAGES_DIR=str(folder / "images"))
-        server = None
-        if args.storage == "s3":
-            from tests.plugins.s3 import SeaweedServer
-
-            server = SeaweedServer(folder / "seaweedfs")
-            server.start()
-            server.admin_client().make_bucket("bench")
-            env.update(MINIO_ENDPOINT=server.endpoint, MINIO_ACCESS_KEY=server.access_key,
-                       MINIO_SECRET_KEY=server.secret_key, MINIO_BUCKET="bench")
+        server = start_bucket(folder, env) if args.storage == "s3" else None
         baseline = folder / "baseline.py"
         baseline.write_text(BASELINE)
         try:

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import DEFAULT_DSN, Pg, pg_connect, scratch_database
+from _common import DEFAULT_DSN, Pg, pg_connect, scratch_database, start_bucket
 from _perf import KEY, BenchError, bench_env, fal_emulator, machine, run_measured, verdict
 
 from imagen4ctl.endpoints import ENDPOINTS
@@ -366,15 +366,7 @@ def main() -> int:
         env = bench_env(**emulator.env(), FAL_KEY=KEY, HOME=str(folder / "work"),
                         DATABASE_URL=url, IMAGES_DIR=str(folder / "images"),
                         FAL_MAX_CONCURRENT=str(args.cap))
-        server = None
-        if args.storage == "s3":
-            from tests.plugins.s3 import SeaweedServer
-
-            server = SeaweedServer(folder / "seaweedfs")
-            server.start()
-            server.admin_client().make_bucket("bench")
-            env.update(MINIO_ENDPOINT=server.endpoint, MINIO_ACCESS_KEY=server.access_key,
-                       MINIO_SECRET_KEY=server.secret_key, MINIO_BUCKET="bench")
+        server = start_bucket(folder, env) if args.storage == "s3" else None
         try:
             run_measured(cli("db", "upgrade"), env=env, cwd=folder / "work")
             log = PgLog(find_pg_log(args.pg_log), name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import create_engine, insert
+from sqlalchemy import create_engine, insert, text
 
 from imagen4ctl.db.models import Generation
 from imagen4ctl.db.session import parse_database_url
@@ -46,3 +46,13 @@ def incident_rows(user_id: str = "42") -> list[dict[str, Any]]:
     rows += [bot_row(user_id, "imagen4", "PENDING", age=age, prompt=f"stuck {n}")
              for n, age in enumerate(INCIDENT_AGES)]
     return rows
+
+
+def sql(db_url: str, statement: str, **params: Any) -> list[Any]:
+    """Run one statement as an outsider (the bot, an operator): its rows, if any."""
+    engine = create_engine(parse_database_url(db_url))
+    with engine.begin() as connection:
+        result = connection.execute(text(statement), params)
+        found = list(result) if result.returns_rows else []
+    engine.dispose()
+    return found

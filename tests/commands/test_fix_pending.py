@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from imagen4ctl.db.models import Generation
@@ -22,7 +22,7 @@ from imagen4ctl.db.session import parse_database_url
 from imagen4ctl.emulator import FalEmulator
 from tests.commands.test_generate import KEY, LOCKED, rows
 from tests.conftest import CANARY, CliResult, assert_no_secret
-from tests.factories import ago, bot_row, incident_rows, insert_rows
+from tests.factories import ago, bot_row, incident_rows, insert_rows, sql
 
 Cli = Callable[..., CliResult]
 UNKNOWN_ID = "00000000-dead-beef-0000-000000000000"
@@ -31,15 +31,6 @@ UNKNOWN_ID = "00000000-dead-beef-0000-000000000000"
 @pytest.fixture
 def env(migrated_db: str, s3_env: dict[str, str], fal_emulator: Any) -> dict[str, str]:
     return {**s3_env, "DATABASE_URL": migrated_db, "FAL_KEY": KEY}
-
-
-def sql(db_url: str, statement: str, **params: Any) -> list[Any]:
-    engine = create_engine(parse_database_url(db_url))
-    with engine.begin() as connection:
-        result = connection.execute(text(statement), params)
-        found = list(result) if result.returns_rows else []
-    engine.dispose()
-    return found
 
 
 def age_all(db_url: str, minutes: int = 60) -> None:

@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.commands.test_fix_pending import sql
 from tests.commands.test_generate import KEY
-from tests.factories import incident_rows, insert_rows
+from tests.factories import incident_rows, insert_rows, sql
 
 
 def spawn(env: dict[str, str], *args: str) -> subprocess.Popen[str]:

@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tests.commands.test_fix_pending import processing_row, sql
+from tests.commands.test_fix_pending import processing_row
 from tests.commands.test_generate import KEY, rows
 from tests.conftest import CliResult
-from tests.factories import bot_row, insert_rows
+from tests.factories import bot_row, insert_rows, sql
 
 Cli = Callable[..., CliResult]
 

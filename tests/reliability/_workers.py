@@ -14,22 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, text
-
-from imagen4ctl.db.session import parse_database_url
 from imagen4ctl.endpoints import ENDPOINTS
-from tests.factories import bot_row, insert_rows
+from tests.factories import bot_row, insert_rows, sql
 
 KEY = "emulator-key-0001"
-
-
-def sql(db_url: str, statement: str, **params: Any) -> list[Any]:
-    engine = create_engine(parse_database_url(db_url))
-    with engine.begin() as connection:
-        result = connection.execute(text(statement), params)
-        found = list(result) if result.returns_rows else []
-    engine.dispose()
-    return found
 
 
 @dataclass

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.commands.test_fix_pending import sql
 from tests.commands.test_generate import KEY, rows
+from tests.factories import sql
 
 PHASES = ["before_submit", "after_submit", "queued", "running", "downloading", "uploading",
           "stored"]

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.commands.test_fix_pending import sql
 from tests.commands.test_generate import KEY, rows
 from tests.conftest import CliResult
+from tests.factories import sql
 
 Cli = Callable[..., CliResult]
 

@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.commands.test_fix_pending import sql
 from tests.conftest import CANARY, CliResult, assert_no_secret
-from tests.factories import incident_rows, insert_rows
+from tests.factories import incident_rows, insert_rows, sql
 from tests.plugins.s3 import SeaweedServer
 
 Cli = Callable[..., CliResult]

@@ -12,8 +12,8 @@ from imagen4ctl.db import generations
 from imagen4ctl.db.session import Database
 from imagen4ctl.errors import UsageError
 from imagen4ctl.services import backup
-from tests.commands.test_fix_pending import sql, table
-from tests.factories import bot_row, insert_rows
+from tests.commands.test_fix_pending import table
+from tests.factories import bot_row, insert_rows, sql
 
 
 def test_rows_written_then_restored_come_back_whole(migrated_db: str, tmp_path: Path) -> None:

@@ -20,9 +20,9 @@ from imagen4ctl.errors import FalCredentialsMissing, UsageError
 from imagen4ctl.services.generation import GenerationService, GenerationSpec
 from imagen4ctl.services.recovery import Recovery
 from imagen4ctl.services.recovery_plan import RecoveryOptions
-from tests.commands.test_fix_pending import sql, table
+from tests.commands.test_fix_pending import table
 from tests.commands.test_generate import FAST, rows
-from tests.factories import bot_row, incident_rows, insert_rows
+from tests.factories import bot_row, incident_rows, insert_rows, sql
 from tests.services.conftest import KEY, MODEL, MakeService
 
 

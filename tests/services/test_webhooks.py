@@ -28,8 +28,8 @@ from imagen4ctl.services.generation import GenerationService, GenerationSpec
 from imagen4ctl.services.httpd import HttpServer
 from imagen4ctl.services.webhooks import WebhookFollow, WebhookInbox, webhook_mode
 from imagen4ctl.services.worker_state import WorkerEvent
-from tests.factories import bot_row, insert_rows
-from tests.reliability._workers import free_port, sql
+from tests.factories import bot_row, insert_rows, sql
+from tests.reliability._workers import free_port
 from tests.services.conftest import KEY, MODEL, MakeService
 
 PATH = "/fal/webhook"
