@@ -107,13 +107,21 @@ class WebhookInbox:
         self.emit = on_event
         self.is_dead = is_dead
         self.received = 0  # verified deliveries (tests and --debug read it)
+        self.answers: dict[int, int] = {}  # deliveries by the status they got
         self._lock = threading.Lock()
         self._waiting: dict[str, _Waiter] = {}
         self._kept: OrderedDict[str, tuple[float, FalStatus]] = OrderedDict()
         self._settling: set[int] = set()
 
     def routes(self) -> dict[tuple[str, str], Handler]:
-        return {("POST", self.path): self.handle}
+        return {("POST", self.path): self.answer}
+
+    def answer(self, request: Request) -> Reply:
+        """`handle`, counted by the status it answered (the worker's /metrics shows them)."""
+        reply = self.handle(request)
+        with self._lock:
+            self.answers[reply.status] = self.answers.get(reply.status, 0) + 1
+        return reply
 
     @contextmanager
     def expecting(self, request_id: str) -> Iterator[_Waiter]:

@@ -380,6 +380,8 @@ class Worker:
                                                            stale_before=stale_before))
         own = self.stats.families(held=self.rows.busy(), at_fal=self.rows.at_fal(),
                                   fleet=fleet, cap=self.cap, health=self.health)
+        if self.webhooks is not None:
+            own.append(self.stats.deliveries(self.webhooks.answers))
         return [*(self.metrics() if self.metrics else []), *own]
 
     def _scrape(self, _request: Request) -> Reply:

@@ -164,6 +164,16 @@ class Stats:
         with self._lock:
             self.counts[name] += n
 
+    def deliveries(self, answers: dict[int, int]) -> Family:
+        """fal's webhook deliveries by the status they were answered (413s never reach the
+        inbox: the HTTP server refuses them before reading)."""
+        family = Family(f"{PREFIX}worker_webhook_deliveries_total", "counter",
+                        "Webhook deliveries received, by the HTTP status they were answered "
+                        "(200 taken, 401 refused, 503 deliver again).")
+        for status, count in sorted(answers.items()):
+            family.add(count, answer=str(status))
+        return family
+
     def families(self, *, held: int, at_fal: int, fleet: float, cap: int,
                  health: Health) -> list[Family]:
         worker = f"{PREFIX}worker_"

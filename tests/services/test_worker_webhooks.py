@@ -78,7 +78,9 @@ def test_one_port_serves_metrics_and_deliveries(run_worker: Callable[..., tuple[
     assert {a.status for a in fal_emulator.webhooks.attempts()} == {200}
     assert {a.url for a in fal_emulator.webhooks.attempts()} == {
         f"http://127.0.0.1:{port}/hooks/fal"}
-    assert _get(f"http://127.0.0.1:{port}/metrics") == 200
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    assert metrics.status_code == 200
+    assert 'imagen4ctl_worker_webhook_deliveries_total{answer="200"} 2' in metrics.text
 
 
 def _get(url: str) -> int | None:
