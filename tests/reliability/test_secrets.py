@@ -85,7 +85,9 @@ def commands(work: Path) -> list[list[str]]:
         ["fix-pending", "--restore", backup],
         ["reconcile"], ["reconcile", "--json"],
         ["health"], ["health", "--format", "json"], ["health", "--format", "nagios"],
-        ["metrics"],
+        ["metrics"], ["models"], ["models", "--json"],
+        ["worker", "--once"], ["worker", "--once", "--json-logs"],
+        ["--debug", "worker", "--once", "--json-logs"],
     ]
 
 
@@ -116,6 +118,6 @@ def test_failures_that_involve_the_secrets_themselves(cli: Cli, canary_env: dict
     for env in (canary_env, bad_s3, bad_db):
         for args in (["check-config"], ["--debug", "check-config", "--json"],
                      ["generate", "x"], ["--debug", "generate", "x"], ["user-images"],
-                     ["fix-pending", "--apply", "--resubmit"]):
+                     ["fix-pending", "--apply", "--resubmit"], ["worker", "--once"]):
             result = run_any(cli, args, env)
             assert_no_secret(result.output)
