@@ -446,9 +446,8 @@ class Settings:
     @property
     def follow(self) -> Follow:
         raw = self._or_default("IMAGEN4_FOLLOW").strip().lower()
-        for mode in get_args(Follow):
-            if raw == mode:
-                return cast(Follow, mode)
+        if raw in get_args(Follow):
+            return cast(Follow, raw)
         raise ConfigError(f"IMAGEN4_FOLLOW must be auto, stream or poll, not {raw!r}",
                           hint="auto follows fal's status stream and polls when it cannot.")
 

@@ -57,7 +57,6 @@ logger = logging.getLogger(__name__)
 JWKS_PATH = "/.well-known/jwks.json"
 RETRY_DELAYS = (15.0, 30.0, 60.0, 120.0, 240.0, 480.0, 900.0, 1200.0, 1800.0, 2400.0)
 DELIVERY_TIMEOUT = 15.0
-FORGERIES = ("signature", "body", "stale", "unsigned", "key")
 # fal-js issue 153 quotes it (https://github.com/fal-ai/fal-js/issues/153).
 PAYLOAD_ERROR = ("Response payload is not JSON serializable. Either return a JSON serializable "
                  "object or use the queue endpoint to retrieve the response.")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import time
 from io import BytesIO
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from PIL import Image
+
+if TYPE_CHECKING:
+    from imagen4ctl.emulator import FalEmulator
 
 MODEL = "fal-ai/imagen4/preview"
 
@@ -32,3 +36,10 @@ def platform_url(path: str = "/models/requests/by-endpoint") -> str:
 
 def queue_url(path: str) -> str:
     return f"https://{os.environ['FAL_QUEUE_RUN_HOST']}/{path.lstrip('/')}"
+
+
+def wait_for(emulator: FalEmulator, request_id: str, state: str, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while emulator.state(request_id) != state:
+        assert time.monotonic() < deadline, f"{request_id} never reached {state}"
+        time.sleep(0.01)

@@ -8,7 +8,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,12 +16,7 @@ import pytest
 from imagen4ctl.emulator import FalEmulator
 from imagen4ctl.emulator.server import LOCK_REASONS, LOCKED_MESSAGE
 from tests.conftest import interruptible
-
-MODEL = "fal-ai/imagen4/preview"
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Key {key}"}
+from tests.emulator._helpers import MODEL, auth, wait_for
 
 
 def submit(emulator: FalEmulator, key: str) -> httpx.Response:
@@ -91,9 +85,7 @@ def test_models_listing_covers_any_endpoint_serverless_only_owned(
 ) -> None:
     accepted = submit(fal_emulator, "k")
     request_id = accepted.json()["request_id"]
-    deadline = time.monotonic() + 10
-    while fal_emulator.state(request_id) != "COMPLETED" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(fal_emulator, request_id, "COMPLETED")
     query = {"endpoint_id": MODEL, "request_id": request_id}
     models = httpx.get(f"{fal_emulator.platform_url}/models/requests/by-endpoint",
                        params=query, headers=auth("k"))

@@ -4,23 +4,23 @@ request ignores. Seen through the real fal_client and plain httpx, as imagen4ctl
 
 from __future__ import annotations
 
-import time
-
 import fal_client
 import httpx
 import pytest
 
 from imagen4ctl.emulator import FalEmulator
 from imagen4ctl.emulator.faults import FaultSpecError, parse_faults
-from tests.emulator._helpers import MODEL, auth, download, platform_url, queue_url
+from tests.emulator._helpers import MODEL, auth, download, platform_url, queue_url, wait_for
 from tests.plugins.fal import TEST_KEY
 
 
-def wait_for(emulator: FalEmulator, request_id: str, state: str, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while emulator.state(request_id) != state:
-        assert time.monotonic() < deadline, f"{request_id} never reached {state}"
-        time.sleep(0.01)
+def running(emulator: FalEmulator, client: fal_client.SyncClient,
+            prompt: str) -> fal_client.SyncRequestHandle:
+    """A request submitted and seen IN_PROGRESS, with time left to cancel it."""
+    emulator.latency, emulator.queue_fraction = 0.6, 0.1
+    handle = client.submit(MODEL, {"prompt": prompt})
+    wait_for(emulator, handle.request_id, "IN_PROGRESS")
+    return handle
 
 
 def test_a_result_call_drops_once_then_answers(
@@ -89,9 +89,7 @@ def test_a_refused_submission_queues_nothing(
 def test_a_running_request_ignores_the_cancel_and_completes(
     fal_emulator: FalEmulator, fal_sync_client: fal_client.SyncClient
 ) -> None:
-    fal_emulator.latency, fal_emulator.queue_fraction = 0.6, 0.1
-    handle = fal_sync_client.submit(MODEL, {"prompt": "stubborn [fault:cancel=ignored]"})
-    wait_for(fal_emulator, handle.request_id, "IN_PROGRESS")
+    handle = running(fal_emulator, fal_sync_client, "stubborn [fault:cancel=ignored]")
     handle.cancel()  # 202 CANCELLATION_REQUESTED, as fal answers
     assert fal_emulator.state(handle.request_id) == "IN_PROGRESS"
     result = handle.get(interval=0.02)
@@ -101,22 +99,10 @@ def test_a_running_request_ignores_the_cancel_and_completes(
     assert [e.status for e in fal_emulator.log.entries("cancel")] == [202]
 
 
-def test_a_queued_request_is_removed_even_with_cancel_ignored(
-    fal_emulator: FalEmulator, fal_sync_client: fal_client.SyncClient
-) -> None:
-    fal_emulator.latency = 5.0
-    handle = fal_sync_client.submit(MODEL, {"prompt": "queued [fault:cancel=ignored]"})
-    handle.cancel()
-    status = handle.status()
-    assert isinstance(status, fal_client.Completed) and status.error == "Request was cancelled"
-
-
 def test_a_running_request_honours_the_cancel_by_default(
     fal_emulator: FalEmulator, fal_sync_client: fal_client.SyncClient
 ) -> None:
-    fal_emulator.latency, fal_emulator.queue_fraction = 0.6, 0.1
-    handle = fal_sync_client.submit(MODEL, {"prompt": "obliging"})
-    wait_for(fal_emulator, handle.request_id, "IN_PROGRESS")
+    handle = running(fal_emulator, fal_sync_client, "obliging")
     handle.cancel()
     status = handle.status()
     assert isinstance(status, fal_client.Completed) and status.error == "Request was cancelled"

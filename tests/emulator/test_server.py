@@ -167,11 +167,13 @@ def test_invalid_input_is_a_422_from_the_result_like_fal(
     assert isinstance(status, fal_client.Completed) and status.error is None
 
 
+@pytest.mark.parametrize("prompt", ["never mind", "queued [fault:cancel=ignored]"],
+                         ids=["plain", "cancel-ignored"])  # a queued request is removed anyway
 def test_cancel_of_a_queued_request_ends_it_without_images(
-    fal_emulator: FalEmulator, fal_sync_client: fal_client.SyncClient
+    fal_emulator: FalEmulator, fal_sync_client: fal_client.SyncClient, prompt: str
 ) -> None:
     fal_emulator.latency = 5.0
-    handle = fal_sync_client.submit(MODEL, {"prompt": "never mind"})
+    handle = fal_sync_client.submit(MODEL, {"prompt": prompt})
     handle.cancel()
 
     status = handle.status(with_logs=True)
