@@ -59,10 +59,7 @@ def platform_requests(
         params["start"] = start
     if end is not None:
         params["end"] = end
-    url = f"{base_url.rstrip('/')}/models/requests/by-endpoint"
-    host = httpx.URL(url).host
-    if httpx.URL(url).scheme != "https" and host not in trusted_hosts:
-        raise FalError(f"refusing FAL_PLATFORM_API_URL {base_url!r}: only https is accepted")
+    url, host = _platform_url(base_url, "/models/requests/by-endpoint", trusted_hosts)
     # A caller making many lookups passes its client: a new one loads the CA bundle each time.
     http = client or httpx.Client(follow_redirects=False)
     auth = {"Authorization": f"Key {key}"}
@@ -106,6 +103,16 @@ def platform_requests(
     finally:
         if client is None:
             http.close()
+
+
+def _platform_url(base_url: str, path: str, trusted_hosts: frozenset[str]) -> tuple[str, str]:
+    """`path` at FAL_PLATFORM_API_URL, and its host: https only (the key goes with every
+    call), but for the hosts trusted as fal's own (an emulator)."""
+    url = f"{base_url.rstrip('/')}{path}"
+    parsed = httpx.URL(url)
+    if parsed.scheme != "https" and parsed.host not in trusted_hosts:
+        raise FalError(f"refusing FAL_PLATFORM_API_URL {base_url!r}: only https is accepted")
+    return url, parsed.host
 
 
 def _platform_message(response: httpx.Response) -> str:
@@ -161,10 +168,7 @@ def account_balance(base_url: str, key: str, *, timeout: float,
     here, and a positive one does not rule a lock out (fal-ai/fal issue 1147). 401/403 (a key
     without billing permission) raise PlatformRefused, anything else unusable FalError.
     """
-    url = f"{base_url.rstrip('/')}/account/billing"
-    host = httpx.URL(url).host
-    if httpx.URL(url).scheme != "https" and host not in trusted_hosts:
-        raise FalError(f"refusing FAL_PLATFORM_API_URL {base_url!r}: only https is accepted")
+    url, host = _platform_url(base_url, "/account/billing", trusted_hosts)
     try:
         response = httpx.get(url, params={"expand": "credits"},
                              headers={"Authorization": f"Key {key}"},

@@ -245,7 +245,7 @@ class GenerationService:
             if slot is not None:
                 slot.submitted()
             crash_point("after_submit")
-            self._record_submission(generation_id, request_id)
+            generations.record_submission(self.database, generation_id, request_id)
             outcome.status, outcome.fal_request_id = PROCESSING, request_id
             notify(Progress(generation_id, "submitted", request_id))
             if not wait:
@@ -266,9 +266,6 @@ class GenerationService:
             if slot is not None:
                 slot.release()
             outcome.seconds = time.monotonic() - started
-
-    def _record_submission(self, generation_id: int, request_id: str) -> None:
-        generations.record_submission(self.database, generation_id, request_id)
 
     def _hand_back(self, outcome: Outcome, error: FalError) -> Outcome:
         """fal took nothing: the row is queued again (no attempt mark, no error) for a later

@@ -21,6 +21,7 @@ from imagen4ctl.db.values import utcnow
 from imagen4ctl.deadline import Deadline
 from imagen4ctl.errors import Imagen4ctlError
 from imagen4ctl.keys import parse_object_key, user_prefix
+from imagen4ctl.services.images import is_remote
 from imagen4ctl.services.recovery import Recovery
 
 PROBLEMS = ("missing_object", "empty_result", "fal_url", "orphan_object")
@@ -99,7 +100,7 @@ class Reconciler:
                 return [Problem("empty_result", row.id, None, "COMPLETED without result_urls")]
             found = []
             for key in keys:
-                if key.startswith(("https://", "http://")):
+                if is_remote(key):
                     found.append(Problem("fal_url", row.id, key,
                                          "points at fal's CDN, which expires"))
                     continue

@@ -178,12 +178,16 @@ class Planner:
         o = self.options
         resubmit = o.resubmit if reason == NEVER_SUBMITTED else o.force
         if not (resubmit and allow_resubmit and item.status == PENDING):
-            item.action, item.error = ("delete" if o.delete else "fail"), reason
+            self._end(item, reason)
         elif item.spec is not None:
             item.action = "resubmit"
         else:  # never sent with a value dropped or changed: the row waits for a decision
             item.action, item.failed = "skip", True
             item.error = f"not resubmitted: {item.unsendable} — {reason}"
+
+    def _end(self, item: Item, error: str) -> None:
+        """The row ends: FAILED with `error`, or deleted with --delete."""
+        item.action, item.error = ("delete" if self.options.delete else "fail"), error
 
     def _ask_fal(self, item: Item) -> None:
         """Decide from fal's answer about the item's request id."""
@@ -205,8 +209,7 @@ class Planner:
             item.action = "wait"
             return
         if status.error:
-            item.action, item.error = ("delete" if self.options.delete else "fail"), \
-                f"fal: {status.error}"
+            self._end(item, f"fal: {status.error}")
             return
         item.action, item.source = "recover", "queue"
 
@@ -225,19 +228,16 @@ class Planner:
     def _from_platform_record(self, item: Item, found: PlatformRequest | None,
                               reason: str) -> None:
         if found is None:
-            item.action = "delete" if self.options.delete else "fail"
-            item.error = reason
+            self._end(item, reason)
             return
         item.fal_status = "COMPLETED"
         if not found.succeeded:
-            item.action = "delete" if self.options.delete else "fail"
-            item.error = f"fal: the request ended with status {found.status_code}"
+            self._end(item, f"fal: the request ended with status {found.status_code}")
             return
         try:
             item.images = list(parse_result(found.json_output).images)
         except FalError as e:
-            item.action, item.error = ("delete" if self.options.delete else "fail"), \
-                f"fal's Platform API has no usable output: {e.message}"
+            self._end(item, f"fal's Platform API has no usable output: {e.message}")
             return
         item.action, item.source = "recover", "platform"
 

@@ -23,8 +23,6 @@ TMP_PREFIX = ".imagen4ctl-tmp-"
 CHUNK = 1024 * 1024
 
 
-
-
 @dataclass(frozen=True)
 class ObjectInfo:
     """One stored object. `content_type` is None where the source does not say (S3 listings)."""

@@ -439,7 +439,6 @@ def _utc(value: datetime | None) -> datetime:
     return value.astimezone(UTC)
 
 
-
 def s3_from_settings(settings: Settings, *, timeout: float) -> S3Storage:
     """The bucket the MINIO_* settings name; a missing access key or secret is a ConfigError."""
     endpoint = settings.minio_endpoint
