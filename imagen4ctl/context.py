@@ -103,7 +103,6 @@ class AppContext:
             claim_timeout=options.claim_timeout))
         collector = MetricsCollector(settings) if options.metrics_port is not None else None
         return Worker(recovery, options=options, cap=settings.fal_max_concurrent,
-                      stuck_after=settings.stuck_after, timeout=settings.timeout,
                       on_event=on_event, scrub=scrub,
                       metrics=collector.collect if collector is not None else None,
                       webhooks=self._webhooks(recovery, options, on_event))

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from imagen4ctl.db import generations
@@ -37,7 +36,7 @@ from imagen4ctl.services.webhooks import (
     serve_webhooks,
     shares_server,
 )
-from imagen4ctl.services.worker_rows import WorkerRows
+from imagen4ctl.services.worker_rows import WorkerRows, failed_dependency
 from imagen4ctl.services.worker_state import (
     Backoff,
     EventSink,
@@ -94,7 +93,7 @@ class WorkerReport:
 
 class Worker:
     def __init__(self, recovery: Recovery, *, options: WorkerOptions, cap: int,
-                 stuck_after: float, timeout: float, on_event: EventSink,
+                 on_event: EventSink,
                  metrics: Callable[[], list[Family]] | None = None,
                  scrub: Callable[[str], str] = lambda text: text,
                  webhooks: WebhookInbox | None = None) -> None:
@@ -114,7 +113,7 @@ class Worker:
         self.stats = Stats()
         self.backoff = Backoff(cap=options.max_backoff)
         self.report = WorkerReport()
-        self.rows = WorkerRows(self, stuck_after=stuck_after, timeout=timeout)
+        self.rows = WorkerRows(self)
         self._signals = 0
         self._storage_checked = -STORAGE_CHECK_EVERY
         self._server: HttpServer | None = None
@@ -205,7 +204,7 @@ class Worker:
             scan = self.rows.scan_due()
             dead = self.rows.dead_owners() if scan else self.rows.dead
             self.rows.flush_releases()
-            self._down_or_up("database", None)
+            self._up("database")
             self._check_storage()
             self._check_fal()
             if raise_outage and self.health.problems():
@@ -219,7 +218,7 @@ class Worker:
             if raise_outage:
                 self.report.ok = False
                 raise
-            self._down(_dependency(e), e.message)
+            self._down(failed_dependency(e), e.message)
             return None
         problems = self.health.problems()
         if problems and raise_outage:
@@ -248,7 +247,7 @@ class Worker:
             raise StorageError(f"{storage.describe()} does not exist",
                                hint="Create it, or set MINIO_BUCKET / IMAGES_DIR.")
         self._storage_checked = now
-        self._down_or_up("storage", None)
+        self._up("storage")
 
     def _check_fal(self) -> None:
         """While fal is down, one free status probe per pass; once it answers, a refusal
@@ -263,7 +262,7 @@ class Worker:
         if not verdict.accepted:
             raise FalError(verdict.message, hint=verdict.hint)
         if not self.rows.refused:
-            self._down_or_up("fal", None)
+            self._up("fal")
 
     def down(self, dependency: str, reason: str) -> None:
         """A task saw a dependency fail: the loop backs off until it is back."""
@@ -275,16 +274,14 @@ class Worker:
             self.emit(WorkerEvent(f"{dependency} is down, waiting for it", reason=reason,
                                   level="warning"))
 
-    def _down_or_up(self, dependency: str, reason: str | None) -> None:
-        if reason is not None:
-            self._down(dependency, reason)
-        elif self.health.up(dependency):
+    def _up(self, dependency: str) -> None:
+        if self.health.up(dependency):
             self.emit(WorkerEvent(f"{dependency} is back"))
 
     def fal_answered(self) -> None:
         """A submission was accepted: fal takes requests again."""
         self.rows.refused = False
-        self._down_or_up("fal", None)
+        self._up("fal")
 
     # --- claims: heartbeat, signals, the end ---
 
@@ -375,7 +372,7 @@ class Worker:
         return self._server.url("") if self._server is not None else None
 
     def families(self) -> list[Family]:
-        stale_before = utcnow() - timedelta(seconds=self.options.claim_timeout)
+        stale_before = self.rows.stale_before()
         fleet = nan_on_error(lambda: generations.in_flight(self.database,
                                                            stale_before=stale_before))
         own = self.stats.families(held=self.rows.busy(), at_fal=self.rows.at_fal(),
@@ -404,14 +401,6 @@ class Worker:
         if stalled is None:
             return Reply.text(200, "ok\n")
         return Reply.text(503, f"stalled: the loop has not turned for {stalled:.0f}s\n")
-
-
-def _dependency(error: Imagen4ctlError) -> str:
-    if isinstance(error, StorageError):
-        return "storage"
-    if isinstance(error, FalError):
-        return "fal"
-    return "database"
 
 
 def _outage(name: str, reason: str) -> Imagen4ctlError:

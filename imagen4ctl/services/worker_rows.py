@@ -60,15 +60,15 @@ class _Place(FalSlot):
 
 
 class WorkerRows:
-    def __init__(self, worker: Worker, *, stuck_after: float, timeout: float) -> None:
+    def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.recovery = worker.recovery
         self.service = worker.service
         self.database = worker.database
         self.token = worker.recovery.token  # host:pid:uuid, this worker's claims
         self.options = worker.options
-        self.stuck_after = stuck_after
-        self.timeout = timeout
+        self.stuck_after = worker.recovery.options.older_than  # STUCK_AFTER
+        self.timeout = worker.recovery.options.timeout
         self.created_before: datetime | None = None  # --once: only rows that were there
         self.refused = False  # fal refused a submission: one at a time until one goes
         self.dead: list[str] = []  # owners found dead by the last scan
@@ -102,7 +102,7 @@ class WorkerRows:
             at_fal = sum(1 for t in self._tasks.values() if t.at_fal)
         return max(0, min(n - at_fal, rows)), max(0, rows)
 
-    def _stale_before(self) -> datetime:
+    def stale_before(self) -> datetime:
         return utcnow() - timedelta(seconds=self.options.claim_timeout)
 
     def scan_due(self) -> bool:
@@ -132,7 +132,7 @@ class WorkerRows:
             return 0
         _, rows = generations.claim_queued(
             self.database, kind=self.options.kind, owner=self.token, now=utcnow(),
-            cap=self.worker.cap, limit=submissions, stale_before=self._stale_before(),
+            cap=self.worker.cap, limit=submissions, stale_before=self.stale_before(),
             dead=dead, created_before=self.created_before)
         for row in rows:
             self._start(Task(row, "submit", at_fal=True))
@@ -150,7 +150,7 @@ class WorkerRows:
         now = utcnow()
         rows = generations.unattended(
             self.database, kind=self.options.kind, owner=self.token,
-            stale_before=self._stale_before(),
+            stale_before=self.stale_before(),
             settled_before=now - timedelta(seconds=self.options.claim_timeout),
             stuck_before=now - timedelta(seconds=self.stuck_after), dead=dead,
             limit=room + len(self._retry) + len(self._seen))
@@ -187,7 +187,7 @@ class WorkerRows:
         except Imagen4ctlError as e:  # the database (or storage) went away mid-row
             self.worker.report.ok = False
             handed = f"handed back: {e.message}"
-            self.worker.down(_dependency(e), e.message)
+            self.worker.down(failed_dependency(e), e.message)
         except Exception as e:  # noqa: BLE001 - a bug must not take the worker down
             self.worker.report.ok = False
             handed = f"handed back: unexpected {type(e).__name__}"
@@ -374,7 +374,8 @@ class WorkerRows:
             level=level))
 
 
-def _dependency(error: Imagen4ctlError) -> str:
+def failed_dependency(error: Imagen4ctlError) -> str:
+    """Which dependency an error is about, by its class: storage, the database, else fal."""
     return "storage" if isinstance(error, StorageError) else \
         "database" if isinstance(error, DatabaseError) else "fal"
 

@@ -17,25 +17,19 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import create_engine, text
 
-from imagen4ctl.db.session import parse_database_url
 from imagen4ctl.emulator import FalEmulator
 from imagen4ctl.services.worker import HANDED_BACK
 from tests.conftest import CANARY, CliResult, assert_no_secret, interruptible
-from tests.factories import bot_row, insert_rows
+from tests.factories import bot_row, insert_rows, sql
+from tests.reliability._workers import free_port, migrated_schema
 
 Cli = Callable[..., CliResult]
 
 
 def rows(db_url: str) -> list[Any]:
-    engine = create_engine(parse_database_url(db_url))
-    with engine.connect() as connection:
-        found = list(connection.execute(text(
-            "SELECT id, status, fal_request_id, submit_started_at, error, claimed_by "
-            "FROM generations ORDER BY id")))
-    engine.dispose()
-    return found
+    return sql(db_url, "SELECT id, status, fal_request_id, submit_started_at, error, "
+                       "claimed_by FROM generations ORDER BY id")
 
 
 @pytest.fixture
@@ -181,12 +175,6 @@ def processes() -> Iterator[list[Process]]:
             process.popen.wait(10)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_sqlite_serves_one_worker(cli: Cli, tmp_path: Path, fal_emulator: FalEmulator,
                                   processes: list[Process]) -> None:
     database = f"sqlite:///{tmp_path / 'one.db'}"
@@ -205,18 +193,7 @@ def test_sqlite_serves_one_worker(cli: Cli, tmp_path: Path, fal_emulator: FalEmu
 def test_sigterm_exits_0_within_grace_and_hands_rows_back(
         pg_database: str, tmp_path: Path, fal_emulator: FalEmulator,
         processes: list[Process]) -> None:
-    from imagen4ctl.db.migrate import upgrade
-    from imagen4ctl.db.session import Database
-
-    schema = f"sigterm_{os.getpid()}_{time.monotonic_ns() % 10**6}"
-    engine = create_engine(parse_database_url(pg_database), isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text(f"CREATE SCHEMA {schema}"))
-    engine.dispose()
-    url = f"{pg_database}?options=-csearch_path%3D{schema}"
-    db = Database(url)
-    upgrade(db)
-    db.dispose()
+    url = migrated_schema(pg_database, "sigterm")
     fal_emulator.latency = 6.0
     insert_rows(url, [bot_row("7", "imagen4", "PENDING", prompt=f"slow {n}") for n in range(2)])
     env = {"DATABASE_URL": url, "FAL_KEY": CANARY, "IMAGES_DIR": str(tmp_path / "images"),

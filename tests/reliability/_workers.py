@@ -67,6 +67,20 @@ def outputs(workers: list[Worker]) -> str:
     return "\n".join(worker.output() for worker in workers)
 
 
+def migrated_schema(pg_database: str, prefix: str) -> str:
+    """A new schema of the run's PostgreSQL database, upgraded: its URL, for real processes."""
+    from imagen4ctl.db.migrate import upgrade
+    from imagen4ctl.db.session import Database
+
+    schema = f"{prefix}_{os.getpid()}_{time.monotonic_ns() % 10**8}"
+    sql(pg_database, f"CREATE SCHEMA {schema}")
+    url = f"{pg_database}?options=-csearch_path%3D{schema}"
+    database = Database(url)
+    upgrade(database)
+    database.dispose()
+    return url
+
+
 def queue_rows(db: str, count: int, tag: str, *, user: str = "7") -> list[str]:
     """`count` rows as the bot now writes them (PENDING, nothing else), the three Imagen 4
     endpoints in turn; their prompts, each unique."""

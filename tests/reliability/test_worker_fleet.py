@@ -6,9 +6,7 @@ requests at fal at once (the emulator's log: queued or running)."""
 
 from __future__ import annotations
 
-import os
 import signal
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from tests.reliability._workers import (
     KEY,
     Worker,
     finished,
+    migrated_schema,
     outputs,
     queue_rows,
     spawn,
@@ -45,15 +44,7 @@ CLAIM_TIMEOUT = "5"
 
 @pytest.fixture
 def fleet_env(pg_database: str, s3_env: dict[str, str], fal_emulator: Any) -> dict[str, str]:
-    from imagen4ctl.db.migrate import upgrade
-    from imagen4ctl.db.session import Database
-
-    schema = f"fleet_{os.getpid()}_{time.monotonic_ns() % 10**8}"
-    sql(pg_database, f"CREATE SCHEMA {schema}")
-    scoped = f"{pg_database}?options=-csearch_path%3D{schema}"
-    db = Database(scoped)
-    upgrade(db)
-    db.dispose()
+    scoped = migrated_schema(pg_database, "fleet")
     fal_emulator.latency = LATENCY
     return {**s3_env, "DATABASE_URL": scoped, "FAL_KEY": KEY,
             "FAL_MAX_CONCURRENT": str(CAP), "COLUMNS": "200"}

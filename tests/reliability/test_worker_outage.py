@@ -4,7 +4,6 @@ the PostgreSQL server is shared with the rest of the suite, so it is not the one
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from tests.reliability._workers import (
     KEY,
     finished,
     free_port,
+    migrated_schema,
     outputs,
     queue_rows,
     spawn,
@@ -41,15 +41,7 @@ def healthz(port: int) -> int | None:
 
 def test_an_s3_outage_is_waited_out(pg_database: str, s3_server_private: Any,
                                     fal_emulator: Any, tmp_path: Path) -> None:
-    from imagen4ctl.db.migrate import upgrade
-    from imagen4ctl.db.session import Database
-
-    schema = f"outage_{os.getpid()}_{time.monotonic_ns() % 10**8}"
-    sql(pg_database, f"CREATE SCHEMA {schema}")
-    db = f"{pg_database}?options=-csearch_path%3D{schema}"
-    database = Database(db)
-    upgrade(database)
-    database.dispose()
+    db = migrated_schema(pg_database, "outage")
     s3 = s3_server_private
     bucket = f"outage-{uuid.uuid4().hex[:12]}"
     s3.admin_client().make_bucket(bucket)

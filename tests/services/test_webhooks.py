@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +31,7 @@ from imagen4ctl.services.worker_state import WorkerEvent
 from tests.factories import bot_row, insert_rows, sql
 from tests.reliability._workers import free_port
 from tests.services.conftest import KEY, MODEL, MakeService
+from tests.services.test_worker import wait_for
 
 PATH = "/fal/webhook"
 OWNER = "webhook-test-host:1:me"
@@ -114,14 +115,6 @@ def status_of(box: Inbox, row_id: int) -> tuple[str, str | None]:
     return status, error
 
 
-def wait_for(condition: Callable[[], Any], within: float = 10.0) -> Any:
-    deadline = time.monotonic() + within
-    while not (value := condition()):
-        assert time.monotonic() < deadline, "not in time"
-        time.sleep(0.02)
-    return value
-
-
 # --- refused: nothing written ---
 
 
@@ -137,7 +130,7 @@ def test_a_forged_delivery_is_refused_and_writes_nothing(box: Inbox, fal_emulato
                                    wait=False)  # submitted with the webhook; not waited for
     assert outcome.status == "PROCESSING"
     before = box.table()
-    wait_for(lambda: fal_emulator.webhooks.attempts(outcome.fal_request_id))
+    wait_for(lambda: fal_emulator.webhooks.attempts(outcome.fal_request_id), within=10.0)
     [attempt] = fal_emulator.webhooks.attempts(outcome.fal_request_id)
     assert (attempt.status, attempt.forged) == (401, forge)
     assert box.table() == before and box.stored() == []

@@ -28,6 +28,7 @@ from imagen4ctl.services.recovery_plan import RecoveryOptions
 from imagen4ctl.services.worker import HANDED_BACK, Worker, WorkerOptions, WorkerReport
 from imagen4ctl.services.worker_state import WorkerEvent
 from tests.factories import ago, bot_row, insert_rows
+from tests.reliability._workers import migrated_schema
 from tests.services.conftest import KEY, MODEL, MakeService
 
 DEAD = f"{socket.gethostname()}:999999999:deadbeef"  # a worker of this host whose pid is gone
@@ -45,8 +46,7 @@ class Run:
                                 older_than=stuck_after, apply=True, concurrency=1,
                                 timeout=30.0, handed_over=True,
                                 claim_timeout=opts.claim_timeout))
-        self.worker = Worker(recovery, options=opts, cap=cap, stuck_after=stuck_after,
-                             timeout=30.0, on_event=self.events.append)
+        self.worker = Worker(recovery, options=opts, cap=cap, on_event=self.events.append)
         self._thread: threading.Thread | None = None
         self.report: WorkerReport | None = None
         self.error: BaseException | None = None
@@ -393,18 +393,9 @@ class Cuttable:
 def test_a_database_outage_is_waited_out(pg_database: str, fal_emulator: FalEmulator,
                                          tmp_path: Path) -> None:
     from imagen4ctl.adapters.fal import FalAdapter
-    from imagen4ctl.db.migrate import upgrade
     from imagen4ctl.db.session import Database
 
-    schema = f"dbdown_{os.getpid()}_{time.monotonic_ns() % 10**6}"
-    direct = f"{pg_database}?options=-csearch_path%3D{schema}"
-    setup = Database(pg_database)
-    with setup.write() as writer:
-        writer.execute(f"CREATE SCHEMA {schema}")
-    setup.dispose()
-    database = Database(direct)
-    upgrade(database)
-    database.dispose()
+    direct = migrated_schema(pg_database, "dbdown")
     proxy = Cuttable()
     proxied = direct.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/")
     assert proxied != direct
