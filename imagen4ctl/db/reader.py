@@ -2,7 +2,7 @@
 
 `user-images` is the first command an operator runs: its statements take ~0.1 s at a million
 rows, and importing SQLAlchemy would cost about as much again. So the reports' statements
-(`generations.py`) are plain SQL that SQLite and PostgreSQL both run, with `:name`
+(`generations/plain.py`) are plain SQL that SQLite and PostgreSQL both run, with `:name`
 parameters, run here through sqlite3 or psycopg2 in one read-only snapshot (the numbers of
 one report add up even while the bot writes). Driver errors become the same one-line errors
 as on the SQLAlchemy path.

@@ -27,7 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 
-from imagen4ctl.db.values import as_utc, utcnow
+from imagen4ctl.db.values import IN_FLIGHT_SQL, as_utc, utcnow
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -51,7 +51,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 JSONList = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 metadata = MetaData()
-_IN_FLIGHT_SQL = text("status IN ('PENDING', 'PROCESSING')")
+_IN_FLIGHT_SQL = text(IN_FLIGHT_SQL)
 
 generations = Table(
     "generations",

@@ -20,6 +20,11 @@ def sql_list(values: tuple[str, ...]) -> str:
     return "(" + ", ".join(f"'{v}'" for v in values) + ")"
 
 
+# Written out, not bound: PostgreSQL uses the partial index on in-flight rows only for a query
+# whose predicate is this same text (ix_generations_in_flight).
+IN_FLIGHT_SQL = f"status IN {sql_list(IN_FLIGHT)}"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -1,7 +1,7 @@
 """Plain SQL writes on the driver's own connections: the generation service's state changes.
 
 A batch's first submission waits for its rows, and importing SQLAlchemy costs as long as
-everything else before it. So the generation service's writes (`generations.py`) are plain
+everything else before it. So the generation service's writes (`generations/`) are plain
 SQL that SQLite and PostgreSQL both run (`:name` parameters, as for the reports), sent here
 through sqlite3 or psycopg2 on a few pooled connections. Values are stored as SQLAlchemy
 stores them (naive UTC text on SQLite, JSON as text on SQLite and JSONB on PostgreSQL), so

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imagen4ctl.db import generations
-from imagen4ctl.db.generations import COLUMNS, GenerationRow
+from imagen4ctl.db.generations import COLUMNS, TIMES, GenerationRow
 from imagen4ctl.errors import UsageError
 
 if TYPE_CHECKING:
@@ -64,8 +64,7 @@ def restore(database: Database, path: Path) -> tuple[int, list[int]]:
         if not isinstance(data, dict) or not isinstance(data.get("id"), int):
             raise UsageError(f"{path}, line {number}: not a backed-up generation row")
         row = {k: v for k, v in data.items() if k in columns}
-        for name in ("created_at", "updated_at", "submit_started_at", "submitted_at",
-                     "completed_at", "claimed_at"):
+        for name in TIMES:
             if isinstance(row.get(name), str):
                 row[name] = datetime.fromisoformat(row[name])
         rows.append(row)

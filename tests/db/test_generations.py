@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -133,6 +134,11 @@ def test_a_claim_holds_the_row_until_released(migrated_db: str) -> None:
 OWNER, OTHER = "here:1:aaaa", "there:2:bbbb"
 
 
+def claimed_row(status: str, owner: str = OWNER, **extra: Any) -> dict[str, Any]:
+    """A row of user 1 that `owner` claimed a second ago."""
+    return bot_row("1", "imagen4", status, claimed_by=owner, claimed_at=ago(seconds=1), **extra)
+
+
 def test_the_fleet_lock_key_is_stable() -> None:
     """Workers of different versions must take the same PostgreSQL advisory lock."""
     from imagen4ctl.db.generations.claims import fleet_lock_key
@@ -178,8 +184,7 @@ def test_queued_rows_are_claimed_oldest_first_up_to_the_fleets_cap(migrated_db: 
 
 def test_a_request_fal_answered_stops_counting_while_its_images_are_stored(
         migrated_db: str) -> None:
-    insert_rows(migrated_db, [bot_row("1", "imagen4", "PROCESSING", fal_request_id="r",
-                                      claimed_by=OWNER, claimed_at=ago(seconds=1))])
+    insert_rows(migrated_db, [claimed_row("PROCESSING", fal_request_id="r")])
     db = Database(migrated_db)
     try:
         stale = datetime.now(UTC) - timedelta(seconds=60)
@@ -192,14 +197,8 @@ def test_a_request_fal_answered_stops_counting_while_its_images_are_stored(
 
 
 def test_a_finished_row_holds_no_claim(migrated_db: str) -> None:
-    insert_rows(migrated_db, [
-        bot_row("1", "imagen4", "PROCESSING", fal_request_id="r1", claimed_by=OWNER,
-                claimed_at=ago(seconds=1)),
-        bot_row("1", "imagen4", "PROCESSING", fal_request_id="r2", claimed_by=OWNER,
-                claimed_at=ago(seconds=1)),
-        bot_row("1", "imagen4", "PROCESSING", fal_request_id="r3", claimed_by=OWNER,
-                claimed_at=ago(seconds=1)),
-    ])
+    insert_rows(migrated_db, [claimed_row("PROCESSING", fal_request_id=f"r{i}")
+                              for i in (1, 2, 3)])
     db = Database(migrated_db)
     try:
         assert generations.change_state(db, 1, ["PROCESSING"], status="COMPLETED")
@@ -252,12 +251,8 @@ def test_unattended_rows_are_dead_or_stale_claims_handed_over_or_stuck(
 
 
 def test_release_hands_over_a_row_fal_may_have(migrated_db: str) -> None:
-    insert_rows(migrated_db, [
-        bot_row("1", "imagen4", "PROCESSING", fal_request_id="r", claimed_by=OWNER,
-                claimed_at=ago(seconds=1)),
-        bot_row("1", "imagen4", "PENDING", claimed_by=OWNER, claimed_at=ago(seconds=1)),
-        bot_row("1", "imagen4", "PENDING", claimed_by=OTHER, claimed_at=ago(seconds=1)),
-    ])
+    insert_rows(migrated_db, [claimed_row("PROCESSING", fal_request_id="r"),
+                              claimed_row("PENDING"), claimed_row("PENDING", owner=OTHER)])
     db = Database(migrated_db)
     try:
         assert generations.renew(db, owner=OWNER, ids=[1, 2, 3], now=datetime.now(UTC)) == 2

@@ -7,17 +7,20 @@ Services ask in words and hold no SQL: `insert_many`, `change_state`, `claim`, `
   SQLAlchemy's import (the `user-images` report, a fix-pending dry run, the generation
   service's state changes);
 - `orm`: SQLAlchemy sessions, for the commands that load the ORM anyway;
-- `claims`: the worker fleet's claims and its count of requests at fal (plain SQL too).
+- `claims`: who holds a row (the worker fleet's claims and fix-pending's), and the fleet's
+  count of requests at fal (plain SQL too).
 
 Whichever path read it, a row comes back as a `GenerationRow`.
 """
 
 from imagen4ctl.db.generations.claims import (
     QUEUED,
+    claim,
     claim_owners,
     claim_queued,
     in_flight,
     mark_answered,
+    release,
     release_rows,
     renew,
     unattended,
@@ -25,7 +28,6 @@ from imagen4ctl.db.generations.claims import (
 from imagen4ctl.db.generations.orm import (
     bounded_counts,
     change_claimed,
-    claim,
     completed_rows,
     count_stuck,
     counts_by_status,
@@ -35,7 +37,6 @@ from imagen4ctl.db.generations.orm import (
     latency_quantiles,
     latency_total,
     outcomes_since,
-    release,
     restore_rows,
     result_urls_of,
     stream_completed,
@@ -56,10 +57,11 @@ from imagen4ctl.db.generations.plain import (
     stream_stuck,
     taken_pairs,
 )
-from imagen4ctl.db.generations.rows import COLUMNS, GenerationRow, NewGeneration
+from imagen4ctl.db.generations.rows import COLUMNS, TIMES, GenerationRow, NewGeneration
 
 __all__ = [
-    "COLUMNS", "QUEUED", "UPDATABLE", "GenerationRow", "NewGeneration", "Report", "Statements",
+    "COLUMNS", "QUEUED", "TIMES", "UPDATABLE", "GenerationRow", "NewGeneration", "Report",
+    "Statements",
     "bounded_counts", "change_claimed", "change_state", "claim", "claim_owners", "claim_queued",
     "completed_rows", "count_stuck", "counts_by_status", "delete_claimed", "failed_rows", "get",
     "in_flight", "in_flight_with_request", "insert", "insert_many", "insert_new",

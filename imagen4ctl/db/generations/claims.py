@@ -1,5 +1,5 @@
-"""The worker fleet's statements: who holds which row, what is in flight at fal, and the
-claim of queued rows under the fleet's cap (FAL_MAX_CONCURRENT).
+"""Who holds which row: a fix-pending run's or a worker's claim, what is in flight at fal,
+and the claim of queued rows under the fleet's cap (FAL_MAX_CONCURRENT).
 
 Plain SQL on the writer pool's connections (each pass runs a few of these; a new connection
 per pass would cost more than the statements). A claim names its owner (`host:pid:uuid`) and
@@ -10,25 +10,19 @@ callers pass the owners they found dead, and these statements treat them as free
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from imagen4ctl.db.generations.rows import GenerationRow, from_driver
-from imagen4ctl.db.values import IN_FLIGHT, PENDING, PROCESSING, sql_list
+from imagen4ctl.db.generations.rows import IN_FLIGHT_COLUMNS, GenerationRow, from_driver
+from imagen4ctl.db.values import IN_FLIGHT_SQL, PENDING, PROCESSING
 from imagen4ctl.db.writer import in_list
 
 if TYPE_CHECKING:
     from imagen4ctl.db.session import Database
     from imagen4ctl.db.writer import Writer
 
-ROW_COLUMNS = (
-    "id", "user_id", "kind", "status", "prompt", "aspect_ratio", "fal_request_id", "error",
-    "created_at", "updated_at", "fal_endpoint", "params", "submit_started_at", "completed_at",
-    "claimed_by", "claimed_at",
-)
-_SELECTED = ", ".join(ROW_COLUMNS)
-_IN_FLIGHT = f"status IN {sql_list(IN_FLIGHT)}"
+_SELECTED = ", ".join(IN_FLIGHT_COLUMNS)
 # Queued by the bot: nothing was ever tried with it. The worker submits these.
 QUEUED = (f"status = '{PENDING}' AND fal_request_id IS NULL AND submit_started_at IS NULL "
           "AND error IS NULL")
@@ -58,7 +52,7 @@ def in_flight_sql(dead: Sequence[str], params: dict[str, Any]) -> str:
     """Rows whose request is (or may be) at fal, whoever owns them, a dead worker's too:
     submitted or being submitted, or claimed to be submitted; until they end, or until fal
     has answered with their images (`completed_at` is then set, before they are stored)."""
-    return (f"SELECT count(*) FROM generations WHERE {_IN_FLIGHT} AND completed_at IS NULL "  # noqa: S608
+    return (f"SELECT count(*) FROM generations WHERE {IN_FLIGHT_SQL} AND completed_at IS NULL "  # noqa: S608
             "AND (fal_request_id IS NOT NULL OR submit_started_at IS NOT NULL "
             f"OR (status = '{PENDING}' AND {_live_claim(dead, params)}))")
 
@@ -67,7 +61,7 @@ def claim_owners(db: Database) -> list[str]:
     """The distinct owners of claims on unfinished rows (a finished row holds no claim)."""
     with db.write() as writer:
         return [owner for (owner,) in writer.rows(
-            f"SELECT DISTINCT claimed_by FROM generations WHERE {_IN_FLIGHT} "  # noqa: S608
+            f"SELECT DISTINCT claimed_by FROM generations WHERE {IN_FLIGHT_SQL} "  # noqa: S608
             "AND claimed_by IS NOT NULL")]
 
 
@@ -108,7 +102,7 @@ def claim_queued(db: Database, *, kind: str, owner: str, now: datetime, cap: int
             "UPDATE generations SET claimed_by = :owner, claimed_at = :now WHERE id IN "  # noqa: S608
             f"(SELECT id FROM generations WHERE {where} ORDER BY created_at, id "
             f"LIMIT :room{lock}) RETURNING {_SELECTED}", **params)
-    claimed = [from_driver(ROW_COLUMNS, values) for values in rows]
+    claimed = [from_driver(IN_FLIGHT_COLUMNS, values) for values in rows]
     return busy, sorted(claimed, key=lambda r: (r.created_at is None, r.created_at, r.id))
 
 
@@ -132,7 +126,7 @@ def unattended(db: Database, *, kind: str, owner: str, stale_before: datetime,
                               "settled_before": settled_before, "stuck_before": stuck_before,
                               "limit": limit}
     free = _free(dead, params)
-    sql = (f"SELECT {_SELECTED} FROM generations WHERE kind = :kind AND {_IN_FLIGHT} "  # noqa: S608
+    sql = (f"SELECT {_SELECTED} FROM generations WHERE kind = :kind AND {IN_FLIGHT_SQL} "  # noqa: S608
            f"AND NOT ({QUEUED}) AND (claimed_by IS NULL OR claimed_by <> :owner) AND {free} "
            "AND (fal_request_id IS NOT NULL OR submit_started_at IS NULL "
            "OR submit_started_at < :settled_before) "
@@ -141,7 +135,41 @@ def unattended(db: Database, *, kind: str, owner: str, stale_before: datetime,
            "OR (fal_request_id IS NOT NULL AND updated_at < :settled_before)) "
            "ORDER BY created_at, id LIMIT :limit")
     with db.write() as writer:
-        return [from_driver(ROW_COLUMNS, values) for values in writer.rows(sql, **params)]
+        return [from_driver(IN_FLIGHT_COLUMNS, values) for values in writer.rows(sql, **params)]
+
+
+def claim(db: Database, generation_id: int, *, owner: str, status: str,
+          fal_request_id: str | None, submit_marked: bool, now: datetime,
+          stale_before: datetime, is_dead: Callable[[str | None], bool]) -> bool:
+    """Mark the row as `owner`'s, committed, if it is still as read (`status`, request id,
+    whether a submission was attempted) and no live run holds it: unclaimed, claimed before
+    `stale_before`, or by an owner `is_dead` says is gone. On PostgreSQL a row another
+    transaction is claiming is skipped (FOR UPDATE SKIP LOCKED), not waited for."""
+    params: dict[str, Any] = {"id": generation_id, "owner": owner, "status": status,
+                              "now": now, "stale_before": stale_before}
+    # "As read": the fields the plan was decided on. (Not updated_at: SQLite keeps it as
+    # text in whatever format its writer used, so equality is unreliable there.)
+    same_request = "fal_request_id IS NULL"
+    if fal_request_id is not None:
+        same_request, params["request_id"] = "fal_request_id = :request_id", fal_request_id
+    same_mark = f"submit_started_at IS {'NOT NULL' if submit_marked else 'NULL'}"
+    lock = "" if db.is_sqlite else " FOR UPDATE SKIP LOCKED"
+    # The read in a transaction of its own: in one with the write, SQLite would fail at once,
+    # not wait, if another writer came between them.
+    with db.write() as writer:
+        current = writer.value("SELECT claimed_by FROM generations WHERE id = :id",
+                               id=generation_id)
+    free = _free([current] if is_dead(current) else [], params)
+    with db.write() as writer:
+        return writer.execute(
+            "UPDATE generations SET claimed_by = :owner, claimed_at = :now WHERE id = "  # noqa: S608
+            "(SELECT id FROM generations WHERE id = :id AND status = :status "
+            f"AND {same_request} AND {same_mark} AND {free}{lock})", **params) > 0
+
+
+def release(db: Database, generation_id: int, *, owner: str) -> None:
+    """Give the row up, if `owner` still holds it."""
+    release_rows(db, owner=owner, ids=[generation_id])
 
 
 def renew(db: Database, *, owner: str, ids: Sequence[int], now: datetime) -> int:
@@ -176,7 +204,7 @@ def _hand_over(writer: Writer, names: str, values: dict[str, Any], owner: str,
                reason: str) -> None:
     writer.execute(
         f"UPDATE generations SET error = :reason WHERE id IN {names} "  # noqa: S608
-        f"AND claimed_by = :owner AND {_IN_FLIGHT} "
+        f"AND claimed_by = :owner AND {IN_FLIGHT_SQL} "
         "AND (fal_request_id IS NOT NULL OR submit_started_at IS NOT NULL)",
         reason=reason, owner=owner, **values)
 

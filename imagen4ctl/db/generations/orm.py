@@ -1,12 +1,13 @@
 """The statements that run through SQLAlchemy sessions: for the commands that load the ORM
-anyway (health, metrics, gallery, fix-pending's claims, reconcile, backup and restore).
+anyway (health, metrics, gallery, fix-pending's changes to the rows it holds, reconcile,
+backup and restore).
 SQLAlchemy is imported inside each function, so importing this module costs nothing.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -255,54 +256,6 @@ def get(db: Database, generation_id: int) -> GenerationRow | None:
 
 
 # --------------------------------------------------------------------------- claims
-
-
-def claim(db: Database, generation_id: int, *, owner: str, status: str,
-          fal_request_id: str | None, submit_marked: bool, now: datetime,
-          stale_before: datetime, is_dead: Callable[[str | None], bool]) -> bool:
-    """Mark the row as `owner`'s, committed, if it is still as read (`status`, request id,
-    whether a submission was attempted) and no live run holds it: unclaimed, claimed before
-    `stale_before`, or by an owner `is_dead` says is gone. On PostgreSQL a row another
-    transaction is claiming is skipped (FOR UPDATE SKIP LOCKED), not waited for."""
-    from sqlalchemy import or_, select, update
-
-    from imagen4ctl.db.models import Generation as g  # noqa: N813
-
-    with db.session() as session:
-        current = session.execute(select(g.claimed_by).where(g.id == generation_id)).scalar()
-        free = or_(g.claimed_by.is_(None), g.claimed_at < stale_before)
-        if is_dead(current):
-            free = or_(free, g.claimed_by == current)
-        # "As read": the fields the plan was decided on. (Not updated_at: SQLite keeps it
-        # as text in whatever format its writer used, so equality is unreliable there.)
-        same_request = (g.fal_request_id.is_(None) if fal_request_id is None
-                        else g.fal_request_id == fal_request_id)
-        same_mark = (g.submit_started_at.is_not(None) if submit_marked
-                     else g.submit_started_at.is_(None))
-        target = (
-            select(g.id)
-            .where(g.id == generation_id, g.status == status, same_request, same_mark, free)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-        result = session.execute(
-            update(g).where(g.id == target).values(claimed_by=owner, claimed_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        session.commit()
-        return bool(getattr(result, "rowcount", 0))
-
-
-def release(db: Database, generation_id: int, *, owner: str) -> None:
-    """Give the row up, if `owner` still holds it."""
-    from sqlalchemy import update
-
-    from imagen4ctl.db.models import Generation as g  # noqa: N813
-
-    with db.session() as session:
-        session.execute(update(g).where(g.id == generation_id, g.claimed_by == owner)
-                        .values(claimed_by=None, claimed_at=None))
-        session.commit()
 
 
 def change_claimed(db: Database, generation_id: int, *, expected: str, owner: str,

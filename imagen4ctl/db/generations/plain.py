@@ -12,11 +12,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from imagen4ctl.db.generations.rows import GenerationRow, NewGeneration, from_driver
+from imagen4ctl.db.generations.rows import (
+    IN_FLIGHT_COLUMNS,
+    GenerationRow,
+    NewGeneration,
+    from_driver,
+)
 from imagen4ctl.db.values import (
     COMPLETED,
     FAILED,
     IN_FLIGHT,
+    IN_FLIGHT_SQL,
     PENDING,
     PROCESSING,
     as_utc,
@@ -140,12 +146,12 @@ def in_flight_with_request(db: Database, request_id: str) -> GenerationRow | Non
     """The PENDING/PROCESSING row that holds fal's `request_id`, if any: whom a webhook
     delivery is for. Only in-flight rows are looked at (the partial index of 0003 covers
     them); a finished row has nothing left to learn from fal."""
-    sql = (f"SELECT {', '.join(_STUCK_COLUMNS)} FROM generations "  # noqa: S608
-           f"WHERE status IN {sql_list(IN_FLIGHT)} AND fal_request_id = :request_id "
+    sql = (f"SELECT {', '.join(IN_FLIGHT_COLUMNS)} FROM generations "  # noqa: S608
+           f"WHERE {IN_FLIGHT_SQL} AND fal_request_id = :request_id "
            "ORDER BY id LIMIT 1")
     with db.write() as writer:
         found = writer.rows(sql, request_id=request_id)
-    return from_driver(_STUCK_COLUMNS, found[0]) if found else None
+    return from_driver(IN_FLIGHT_COLUMNS, found[0]) if found else None
 
 
 def taken_pairs(db: Database, user_id: str, kind: str) -> set[tuple[str, str | None]]:
@@ -154,13 +160,6 @@ def taken_pairs(db: Database, user_id: str, kind: str) -> set[tuple[str, str | N
         return {(prompt, ratio) for prompt, ratio in reader.rows(
             "SELECT DISTINCT prompt, aspect_ratio FROM generations WHERE user_id = :user "
             f"AND kind = :kind AND {_TAKEN}", user=user_id, kind=kind)}  # noqa: S608
-
-
-_STUCK_COLUMNS = (
-    "id", "user_id", "kind", "status", "prompt", "aspect_ratio", "fal_request_id",
-    "fal_endpoint", "params", "created_at", "updated_at", "submit_started_at", "claimed_by",
-    "claimed_at",
-)
 
 
 def stream_stuck(db: Database, *, kind: str, cutoff: datetime, user_id: str | None = None,
@@ -173,19 +172,19 @@ def stream_stuck(db: Database, *, kind: str, cutoff: datetime, user_id: str | No
     if handed_over:
         unchanged = (f"({unchanged} OR (status = '{PROCESSING}' AND fal_request_id IS NOT NULL "
                      "AND error IS NOT NULL))")
-    where = ["kind = :kind", f"status IN {sql_list(IN_FLIGHT)}", unchanged]
+    where = ["kind = :kind", IN_FLIGHT_SQL, unchanged]
     params: dict[str, Any] = {"kind": kind, "cutoff": cutoff}
     if user_id is not None:
         where.append("user_id = :user_id")
         params["user_id"] = user_id
-    sql = (f"SELECT {', '.join(_STUCK_COLUMNS)} FROM generations "  # noqa: S608
+    sql = (f"SELECT {', '.join(IN_FLIGHT_COLUMNS)} FROM generations "  # noqa: S608
            f"WHERE {' AND '.join(where)} ORDER BY created_at, id")
     if limit is not None:
         sql += " LIMIT :limit"
         params["limit"] = limit
     with db.read() as reader:
         for values in reader.stream(sql, **params):
-            yield from_driver(_STUCK_COLUMNS, values)
+            yield from_driver(IN_FLIGHT_COLUMNS, values)
 
 
 @dataclass(frozen=True)
@@ -211,7 +210,7 @@ class Statements:
 
     @property
     def _stuck(self) -> str:
-        return self._where(f" status IN {sql_list(IN_FLIGHT)}", " updated_at < :cutoff")
+        return self._where(f" {IN_FLIGHT_SQL}", " updated_at < :cutoff")
 
     @property
     def counts(self) -> str:

@@ -16,8 +16,10 @@ COLUMNS = (
     "result_urls", "error", "created_at", "updated_at", "fal_endpoint", "params",
     "submit_started_at", "submitted_at", "completed_at", "claimed_by", "claimed_at",
 )
-_TIMES = frozenset({"created_at", "updated_at", "submit_started_at", "submitted_at",
-                    "completed_at", "claimed_at"})
+# What recovery, the worker and the webhooks need of an in-flight row: all but its results.
+IN_FLIGHT_COLUMNS = tuple(c for c in COLUMNS if c not in ("result_urls", "submitted_at"))
+TIMES = frozenset({"created_at", "updated_at", "submit_started_at", "submitted_at",
+                   "completed_at", "claimed_at"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +71,7 @@ def from_driver(columns: Sequence[str], values: Sequence[Any],
                  read_at: datetime | None = None) -> GenerationRow:
     """SQLite gives times and JSON as text; psycopg2 gives datetimes and decoded JSON."""
     data = dict(zip(columns, values, strict=True))
-    for name in _TIMES.intersection(data):
+    for name in TIMES.intersection(data):
         data[name] = as_utc(data[name])
     if "id" in data:
         data["id"] = int(data["id"])
