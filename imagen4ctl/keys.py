@@ -9,8 +9,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 
 from imagen4ctl.errors import ConfigError, UsageError
+
+# How long the links imagen4ctl hands out for stored images live (presigned S3 URLs).
+LINK_EXPIRY = timedelta(hours=1)
+_REMOTE = ("https://", "http://")
+
+
+def is_remote(entry: str) -> bool:
+    """A `result_urls` entry that is still a URL (fal's CDN), not an object key."""
+    return entry.startswith(_REMOTE)
 
 DEFAULT_PREFIX = "generations/"
 ALLOWED_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp"})

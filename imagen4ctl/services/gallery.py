@@ -27,6 +27,7 @@ from imagen4ctl.db.generations import GenerationRow
 from imagen4ctl.db.values import COMPLETED, FAILED, IMAGEN4, as_utc, utcnow
 from imagen4ctl.durations import format_duration
 from imagen4ctl.errors import Imagen4ctlError, StorageError
+from imagen4ctl.keys import is_remote
 from imagen4ctl.services import gallery_page
 from imagen4ctl.services.gallery_folder import MARKER, building, check_target, write_error
 from imagen4ctl.services.gallery_page import ImageCard, ProblemCard
@@ -70,7 +71,7 @@ class CompletedImage:
 
     @property
     def hosted_by_fal(self) -> bool:
-        return self.entry is not None and self.entry.startswith(("https://", "http://"))
+        return self.entry is not None and is_remote(self.entry)
 
     @property
     def name(self) -> str:

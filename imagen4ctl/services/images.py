@@ -7,12 +7,11 @@ import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from imagen4ctl.adapters.download import Downloader, load_image_support
 from imagen4ctl.errors import StorageError
-from imagen4ctl.keys import object_key
+from imagen4ctl.keys import LINK_EXPIRY, is_remote, object_key
 from imagen4ctl.settings import crash_point
 
 if TYPE_CHECKING:
@@ -20,13 +19,11 @@ if TYPE_CHECKING:
     from imagen4ctl.adapters.storage import Storage
     from imagen4ctl.deadline import Deadline
 
-LINK_EXPIRY = timedelta(hours=1)
 # An S3 upload holds up to a whole image in memory (minio buffers a part, and the previous one
 # while it reads the last). Uploads run on this many threads of their own, whatever
 # --concurrency: glibc keeps such buffers in the arena of the thread that freed them, so
 # uploads spread over 16 threads kept ~16 images resident even with fewer in flight.
 MAX_UPLOADS = 8
-_REMOTE = ("https://", "http://")
 
 
 @dataclass(frozen=True)
@@ -37,11 +34,6 @@ class StoredImage:
     height: int | None
     content_type: str
     size: int
-
-
-def is_remote(entry: str) -> bool:
-    """A `result_urls` entry that is still a URL (fal's CDN), not an object key."""
-    return entry.startswith(_REMOTE)
 
 
 def fal_sizes(params: Any, images: Sequence[ImageRef]) -> dict[str, Any]:

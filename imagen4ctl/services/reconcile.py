@@ -20,8 +20,7 @@ from imagen4ctl.db.generations import GenerationRow
 from imagen4ctl.db.values import utcnow
 from imagen4ctl.deadline import Deadline
 from imagen4ctl.errors import Imagen4ctlError
-from imagen4ctl.keys import parse_object_key, user_prefix
-from imagen4ctl.services.images import is_remote
+from imagen4ctl.keys import is_remote, parse_object_key, user_prefix
 from imagen4ctl.services.recovery import Recovery
 
 PROBLEMS = ("missing_object", "empty_result", "fal_url", "orphan_object")

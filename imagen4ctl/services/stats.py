@@ -15,12 +15,12 @@ from imagen4ctl.db.generations import GenerationRow, Report
 from imagen4ctl.db.values import utcnow
 from imagen4ctl.durations import format_duration
 from imagen4ctl.errors import StorageError
+from imagen4ctl.keys import LINK_EXPIRY, is_remote
 
 if TYPE_CHECKING:
     from imagen4ctl.adapters.storage import Storage
     from imagen4ctl.db.reader import Reader
 
-LINK_EXPIRY = timedelta(hours=1)
 TOP_STUCK_USERS = 5
 
 
@@ -153,23 +153,19 @@ def recent_images(rows: list[GenerationRow], storage: Storage | None) -> list[Re
         keys = [k for k in (row.result_urls or []) if isinstance(k, str)]
         urls = [link_for(k, storage) for k in keys]
         expires = int(LINK_EXPIRY.total_seconds()) if storage is not None and any(
-            not _is_http(k) for k in keys) and storage.links_expire else None
+            not is_remote(k) for k in keys) and storage.links_expire else None
         images.append(RecentImage(row.id, row.kind, row.prompt, keys, urls, expires))
     return images
 
 
 def link_for(key: str, storage: Storage | None) -> str:
     """A link to an image: fal's own http(s) URLs as they are, else a presigned one."""
-    if _is_http(key) or storage is None:
+    if is_remote(key) or storage is None:
         return key
     try:
         return storage.presigned_url(key, LINK_EXPIRY)
     except StorageError:
         return ""  # statistics stay useful while storage is down; the command warns
-
-
-def _is_http(value: str) -> bool:
-    return value.startswith(("https://", "http://"))
 
 
 def _seconds(now: datetime, then: datetime) -> int:
