@@ -102,6 +102,8 @@ class SeaweedServer:
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._sentinel: bytes | None = None
+        # Sentinels whose write timed out: the server may have stored one all the same.
+        self._unconfirmed: set[bytes] = set()
 
     def __repr__(self) -> str:
         return f"SeaweedServer(endpoint={self.endpoint!r}, running={self.running})"
@@ -282,14 +284,16 @@ class SeaweedServer:
             # After a restart old objects come back only once the volume has registered.
             response = client.get_object(_READY_BUCKET, _READY_KEY)
             try:
-                if response.read() != self._sentinel:
+                if response.read() not in {self._sentinel, *self._unconfirmed}:
                     raise SeaweedStartError("sentinel object changed across a restart")
             finally:
                 response.close()
                 response.release_conn()
         sentinel = uuid.uuid4().bytes
+        self._unconfirmed.add(sentinel)
         client.put_object(_READY_BUCKET, _READY_KEY, io.BytesIO(sentinel), len(sentinel))
         self._sentinel = sentinel
+        self._unconfirmed.clear()
 
     def _lost_port_race(self) -> bool:
         return "address already in use" in self.log_tail(200).lower()
