@@ -47,6 +47,14 @@ class Reader:
     @contextmanager
     def _executed(self, sql: str, params: dict[str, Any], *,
                   server_side: bool = False) -> Iterator[Any]:
+        cursor = self._run(sql, params, server_side)
+        try:
+            yield cursor
+        finally:
+            cursor.close()
+
+    def _run(self, sql: str, params: dict[str, Any], server_side: bool) -> Any:
+        """A cursor that has executed `sql` (closed again if that failed)."""
         if server_side and self.backend == "postgresql":
             self._cursors += 1
             cursor = self.connection.cursor(name=f"imagen4ctl_{self._cursors}")
@@ -55,9 +63,10 @@ class Reader:
         try:
             cursor.execute(pyformat(sql) if self.backend == "postgresql" else sql,
                            {name: self._value(value) for name, value in params.items()})
-            yield cursor
-        finally:
+        except BaseException:
             cursor.close()
+            raise
+        return cursor
 
     def _value(self, value: Any) -> Any:
         return bind(value, self.backend)

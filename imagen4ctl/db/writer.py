@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -30,7 +30,32 @@ BUSY_TIMEOUT_MS = SQLITE_BUSY_TIMEOUT_MS  # as the SQLAlchemy path (a name here,
 
 
 class Writer(Reader):
-    """One transaction on one connection."""
+    """One transaction on one connection.
+
+    With `reconnect`, the connection came from a pool and has not been used since: if the
+    server dropped it meanwhile (a restart, an idle timeout), the first statement fails
+    before anything of the transaction reached the database, and runs again, once, on a
+    connection from `reconnect`. A pooled connection is so never checked in advance, which
+    would cost a round trip before every transaction.
+    """
+
+    def __init__(self, connection: Any, backend: str, *,
+                 reconnect: Callable[[], Any] | None = None) -> None:
+        super().__init__(connection, backend)
+        self._reconnect = reconnect
+
+    def _run(self, sql: str, params: dict[str, Any], server_side: bool) -> Any:
+        reconnect, self._reconnect = self._reconnect, None
+        if reconnect is None:
+            return super()._run(sql, params, server_side)
+        try:
+            return super()._run(sql, params, server_side)
+        except Exception:
+            if not self.connection.closed:  # psycopg2: nonzero once the link is gone
+                raise
+        self.connection.close()
+        self.connection = reconnect()
+        return super()._run(sql, params, server_side)
 
     def execute(self, sql: str, **params: Any) -> int:
         """Run one statement; the number of rows it changed."""
@@ -81,25 +106,28 @@ class WriterPool:
     @contextmanager
     def _transaction(self, exclusive: bool) -> Iterator[Writer]:
         try:
-            connection = self._take()
+            connection, pooled = self._take()
         except self._error as e:
             raise database_error(self.db, e) from e
+        backend = "sqlite" if self.db.is_sqlite else "postgresql"
+        writer = Writer(connection, backend,
+                        reconnect=self._connect if pooled and not self.db.is_sqlite else None)
         try:
             if self.db.is_sqlite:
                 connection.execute("BEGIN IMMEDIATE" if exclusive else "BEGIN")
             try:
-                yield Writer(connection, "sqlite" if self.db.is_sqlite else "postgresql")
+                yield writer
             except BaseException:
-                connection.rollback()
+                writer.connection.rollback()
                 raise
-            connection.commit()
+            writer.connection.commit()
         except self._error as e:
-            connection.close()  # in an unknown state: never reused
+            writer.connection.close()  # in an unknown state: never reused
             raise database_error(self.db, e) from e
         except BaseException:
-            self._give(connection)  # rolled back: fit for the next transaction
+            self._give(writer.connection)  # rolled back: fit for the next transaction
             raise
-        self._give(connection)
+        self._give(writer.connection)
 
     def close(self) -> None:
         """Close the idle connections now, and each busy one when its transaction ends."""
@@ -108,14 +136,13 @@ class WriterPool:
         for connection in idle:
             connection.close()
 
-    def _take(self) -> Any:
-        while True:
-            with self._lock:
-                connection = self._idle.pop() if self._idle else None
-            if connection is None:
-                return self._connect()
-            if self.db.is_sqlite or self._alive(connection):
-                return connection
+    def _take(self) -> tuple[Any, bool]:
+        """A connection, and whether it comes from the pool (unchecked)."""
+        with self._lock:
+            connection = self._idle.pop() if self._idle else None
+        if connection is None:
+            return self._connect(), False
+        return connection, True
 
     def _give(self, connection: Any) -> None:
         with self._lock:
@@ -123,17 +150,6 @@ class WriterPool:
                 self._idle.append(connection)
                 return
         connection.close()
-
-    def _alive(self, connection: Any) -> bool:
-        """A pooled PostgreSQL connection still works (the server may have restarted)."""
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT 1")
-            connection.rollback()
-            return True
-        except self._error:
-            connection.close()
-            return False
 
     def _connect(self) -> Any:
         db = self.db

@@ -9,6 +9,7 @@ import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,6 +89,65 @@ def test_a_pooled_connection_the_server_dropped_is_replaced(migrated_db: str) ->
     killer.close()
     with db.write() as writer:
         assert writer.value("SELECT pg_backend_pid()") != pid
+        assert writer.value("SELECT count(*) FROM generations") == 0
+    db.dispose()
+
+
+class _Recording:
+    """A driver connection that notes every statement sent through its cursors."""
+
+    def __init__(self, connection: Any, sent: list[str]) -> None:
+        self._connection, self._sent = connection, sent
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        cursor, sent = self._connection.cursor(*args, **kwargs), self._sent
+
+        class Cursor:
+            def execute(self, sql: str, *rest: Any) -> Any:
+                sent.append(sql)
+                return cursor.execute(sql, *rest)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(cursor, name)
+
+            def __enter__(self) -> Any:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                cursor.close()
+
+        return Cursor()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+
+def test_a_pooled_connection_is_reused_without_a_check_first(
+        migrated_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[str] = []
+    connect = writer_module.WriterPool._connect
+    monkeypatch.setattr(writer_module.WriterPool, "_connect",
+                        lambda pool: _Recording(connect(pool), sent))
+    db = Database(migrated_db)
+    for _ in range(3):
+        with db.write() as writer:
+            assert writer.value("SELECT count(*) FROM generations") == 0
+    assert sent == ["SELECT count(*) FROM generations"] * 3
+    db.dispose()
+
+
+def test_a_connection_dropped_inside_a_transaction_writes_nothing(migrated_db: str) -> None:
+    if migrated_db.startswith("sqlite"):
+        pytest.skip("PostgreSQL only: a SQLite file has no server to drop a connection")
+    db = Database(migrated_db)
+    insert = ("INSERT INTO generations (user_id, kind, status, prompt, created_at, updated_at) "
+              "VALUES ('u', 'imagen4', 'PENDING', 'p', :t, :t)")
+    with pytest.raises(DatabaseError), db.write() as writer:
+        writer.execute(insert, t=datetime.now(UTC))
+        # Only a transaction's first statement runs again on a new connection: after it,
+        # what the dropped one did is lost, and the transaction fails as a whole.
+        writer.value("SELECT pg_terminate_backend(pg_backend_pid())")
+    with db.write() as writer:
         assert writer.value("SELECT count(*) FROM generations") == 0
     db.dispose()
 
