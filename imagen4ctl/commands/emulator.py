@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import signal
 import threading
+from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -13,6 +14,18 @@ import typer
 
 from imagen4ctl.errors import UsageError
 from imagen4ctl.output import err_console
+
+
+class WebhookFault(StrEnum):
+    """The emulator's webhook knobs (imagen4ctl/emulator/webhooks.py), one per delivery fault."""
+
+    drop = "drop"
+    signature = "signature"
+    body = "body"
+    stale = "stale"
+    unsigned = "unsigned"
+    key = "key"
+    payload_error = "payload-error"
 
 
 def emulator(
@@ -46,6 +59,17 @@ def emulator(
                      "lost), 'cancel=ignored' (a running request ignores a cancel). "
                      "Grammar: imagen4ctl/emulator/faults.py."),
     ] = None,
+    webhook_fault: Annotated[
+        WebhookFault | None,
+        typer.Option(help="Every webhook delivery broken this way: lost on the way, a wrong "
+                     "signature, the body altered after signing, signed 10 minutes ago, "
+                     "unsigned, signed by a key the JWKS does not list, or an OK delivery "
+                     "without its payload."),
+    ] = None,
+    webhook_retry_scale: Annotated[
+        float, typer.Option(min=0.0, help="Webhook retry delays (10 over about 2 h) times "
+                            "this; 0.001 runs them in seconds.")
+    ] = 1.0,
     cert_dir: Annotated[
         Path | None,
         typer.Option(file_okay=False, help="Where ca.pem is written. Default: a temp dir."),
@@ -53,7 +77,8 @@ def emulator(
 ) -> None:
     """Serve fal's queue API for Imagen 4 locally over HTTPS, until Ctrl-C.
 
-    Prints `export NAME=value` lines that point fal_client and imagen4ctl at it.
+    Prints `export NAME=value` lines that point fal_client and imagen4ctl at it (with
+    FAL_WEBHOOK_JWKS_URL, the keys its webhook deliveries are signed with).
 
     Example: imagen4ctl emulator --port 8443 --latency 1 > fal-emulator.env
 
@@ -70,6 +95,13 @@ def emulator(
     server = FalEmulator(latency=latency, accepted_keys=key or None, faults=faults, host=host,
                          port=port, cert_dir=cert_dir, locked_keys=locked_key or (),
                          balance=balance)
+    if webhook_fault is WebhookFault.drop:
+        server.webhooks.drop = True
+    elif webhook_fault is WebhookFault.payload_error:
+        server.webhooks.payload_error = True
+    elif webhook_fault is not None:
+        server.webhooks.forge = webhook_fault.value
+    server.webhooks.time_scale = webhook_retry_scale
     try:
         server.start()
     except OSError as e:
@@ -84,7 +116,7 @@ def emulator(
     previous = (signal.signal(signal.SIGTERM, request_stop)
                 if threading.current_thread() is threading.main_thread() else None)
     try:
-        for name, value in server.env().items():
+        for name, value in {**server.env(), "FAL_WEBHOOK_JWKS_URL": server.jwks_url}.items():
             typer.echo(f"export {name}={shlex.quote(value)}")
         keys = "the --key values" if key else "any non-empty FAL_KEY"
         err_console.print(f"fal emulator on {server.base_url} (accepts {keys}"

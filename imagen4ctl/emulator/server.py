@@ -466,6 +466,11 @@ class FalEmulator:
         return f"{self.base_url}/v1"
 
     @property
+    def jwks_url(self) -> str:
+        """Where the keys that sign this emulator's webhook deliveries are served."""
+        return self.base_url + JWKS_PATH
+
+    @property
     def ca_path(self) -> Path:
         if self._ca_path is None:
             raise RuntimeError("the emulator has not been started")

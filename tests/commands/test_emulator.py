@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 import typer
 from typer.testing import CliRunner
 
+from imagen4ctl.adapters.fal_webhook import WebhookRejected, WebhookVerifier
 from imagen4ctl.commands.emulator import emulator
 from imagen4ctl.errors import UsageError
 from tests.conftest import interruptible
@@ -50,18 +58,71 @@ def test_a_busy_port_is_a_usage_error_with_a_hint() -> None:
     assert result.exception.hint == "Pick another --port, or 0 for a free one."
 
 
-def test_the_command_serves_until_interrupted(tmp_path: Path) -> None:
+@contextmanager
+def serving(tmp_path: Path, *args: str) -> Iterator[dict[str, str]]:
+    """`imagen4ctl emulator` in a subprocess: the variables it exported; interrupted after."""
     process = subprocess.Popen(
         [sys.executable, "-m", "imagen4ctl.commands.emulator", "--latency", "0.1",
-         "--key", "cli-key", "--cert-dir", str(tmp_path)],
+         "--key", "cli-key", "--cert-dir", str(tmp_path), *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible,
     )
     try:
         assert process.stdout is not None
-        lines = [process.stdout.readline().strip() for _ in range(4)]
-        env = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in lines)
+        lines = [process.stdout.readline().strip() for _ in range(5)]
+        yield dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in lines)
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0
+    assert "Traceback" not in stderr
+    assert "stopped" in stderr
+
+
+@contextmanager
+def webhook_receiver() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
+    """A plain-http receiver: its URL, and the (headers, body) of each delivery."""
+    got: list[tuple[dict[str, str], bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            got.append((dict(self.headers.items()),
+                        self.rfile.read(int(self.headers.get("Content-Length") or 0))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", got
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def delivered(env: dict[str, str], webhook: str,
+              got: list[tuple[dict[str, str], bytes]]) -> tuple[dict[str, str], bytes]:
+    """Submit one request with `webhook` to the emulator at `env`; its one delivery."""
+    tls = ssl.create_default_context(cafile=env["SSL_CERT_FILE"])
+    with httpx.Client(verify=tls, timeout=10) as client:
+        client.post(f"https://{env['FAL_QUEUE_RUN_HOST']}/{MODEL}",
+                    params={"fal_webhook": webhook}, json={"prompt": "a kite"},
+                    headers=auth("cli-key")).raise_for_status()
+    deadline = time.monotonic() + 10
+    while not got:
+        assert time.monotonic() < deadline, "no webhook delivery"
+        time.sleep(0.02)
+    return got[0]
+
+
+def test_the_command_serves_until_interrupted(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    with serving(tmp_path) as env, webhook_receiver() as (webhook, got):
         assert set(env) == {"FAL_RUN_HOST", "FAL_QUEUE_RUN_HOST", "SSL_CERT_FILE",
-                            "FAL_PLATFORM_API_URL"}
+                            "FAL_PLATFORM_API_URL", "FAL_WEBHOOK_JWKS_URL"}
         assert env["SSL_CERT_FILE"] == str(tmp_path / "ca.pem")
         assert env["FAL_RUN_HOST"] == env["FAL_QUEUE_RUN_HOST"]
 
@@ -77,9 +138,29 @@ def test_the_command_serves_until_interrupted(tmp_path: Path) -> None:
             result = client.get(submitted["response_url"], headers=auth("cli-key")).json()
             image = client.get(result["images"][0]["url"])
             assert png_size(image.content) == (1024, 1024)
-    finally:
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=10)
-    assert process.returncode == 0
-    assert "Traceback" not in stderr
-    assert "stopped" in stderr
+
+        # What a worker with --webhook-url needs: deliveries signed by the exported keys.
+        headers, body = delivered(env, webhook, got)
+        monkeypatch.setenv("SSL_CERT_FILE", env["SSL_CERT_FILE"])
+        WebhookVerifier(env["FAL_WEBHOOK_JWKS_URL"]).verify(headers, body)
+        assert json.loads(body)["status"] == "OK"
+
+
+@pytest.mark.parametrize(("fault", "refusal"), [
+    ("unsigned", "unsigned delivery"),
+    ("signature", "matches none of fal's keys"),
+])
+def test_a_webhook_fault_breaks_every_delivery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              fault: str, refusal: str) -> None:
+    with serving(tmp_path, "--webhook-fault", fault) as env, \
+            webhook_receiver() as (webhook, got):
+        headers, body = delivered(env, webhook, got)
+        monkeypatch.setenv("SSL_CERT_FILE", env["SSL_CERT_FILE"])
+        with pytest.raises(WebhookRejected, match=refusal):
+            WebhookVerifier(env["FAL_WEBHOOK_JWKS_URL"]).verify(headers, body)
+
+
+def test_an_unknown_webhook_fault_is_a_usage_error() -> None:
+    result = CliRunner().invoke(_app(), ["--webhook-fault", "teapot"])
+    assert result.exit_code == 2
+    assert "teapot" in result.output
