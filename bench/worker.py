@@ -1,13 +1,17 @@
 """Issue 19 — the worker: 1, 2 and 4 `imagen4ctl worker` processes drain queued rows, in one run.
 
     python bench/worker.py [--rows 1000] [--latency 0.5] [--cap 8] [--workers 1,2,4]
-                           [--rounds 1] [--storage local|s3]
+                           [--rounds 1] [--storage local|s3] [--follow stream,webhook]
 
 The fal emulator runs in this process (HTTPS, fixed latency L per request); PostgreSQL is a
 scratch database on the tests' server. Each run inserts `--rows` PENDING rows as the bot does
 (kind imagen4, the three Imagen 4 endpoints in turn), starts W worker processes with
 FAL_MAX_CONCURRENT = C, waits until every row is COMPLETED or FAILED, then stops them with
-SIGTERM. Runs are interleaved in a shuffled order per round.
+SIGTERM. Runs are interleaved in a shuffled order per round. `--follow` names how the workers
+learn that a request ended: `stream` (fal's status stream, the default), `webhook` (each worker
+with `--webhook-port` and `--webhook-url` of its own, the emulator posting each request's
+end to it; no status call is made while the delivery is awaited); with both, every worker
+count runs in both modes, side by side.
 
 Each worker gets `--concurrency ceil(C / W) + 1` (C for one worker): together they could
 send more than C, so the fleet's cap is what holds them, and none can keep every place to
@@ -71,8 +75,21 @@ def cli(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "imagen4ctl"), *args]
 
 
-def worker_command(concurrency: int) -> list[str]:
-    return cli("worker", "--concurrency", str(concurrency))
+def worker_command(concurrency: int, follow: str) -> list[str]:
+    command = cli("worker", "--concurrency", str(concurrency))
+    if follow == "webhook":
+        port = str(free_port())
+        command += ["--webhook-port", port, "--webhook-url",
+                    f"http://127.0.0.1:{port}/fal/webhook"]
+    return command
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def concurrency_of(workers: int, args: argparse.Namespace) -> int:
@@ -186,6 +203,7 @@ class WorkerUsage:
 @dataclass
 class RunResult:
     workers: int
+    follow: str
     throughput: float  # generations per second, first submission to last completion
     seconds: float  # the same window
     wall: float  # from the workers' start until every row was finished
@@ -214,8 +232,8 @@ def stop(process: subprocess.Popen[bytes], grace: float) -> WorkerUsage:
                        process.returncode)
 
 
-def one_run(number: int, workers: int, args: argparse.Namespace, env: dict[str, str],
-            emulator: Any, pg: Pg, log: PgLog, folder: Path) -> RunResult:
+def one_run(number: int, workers: int, follow: str, args: argparse.Namespace,
+            env: dict[str, str], emulator: Any, pg: Pg, log: PgLog, folder: Path) -> RunResult:
     emulator.reset()
     fill(pg, args.rows, number)
     images = folder / "images"
@@ -229,7 +247,7 @@ def one_run(number: int, workers: int, args: argparse.Namespace, env: dict[str, 
     processes = []
     for n in range(workers):
         out = open(folder / f"worker-{number}-{n}.log", "wb")
-        processes.append(subprocess.Popen(worker_command(concurrency_of(workers, args)),
+        processes.append(subprocess.Popen(worker_command(concurrency_of(workers, args), follow),
                                           env=env, cwd=folder / "work", stdout=out,
                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
         out.close()
@@ -269,7 +287,7 @@ def one_run(number: int, workers: int, args: argparse.Namespace, env: dict[str, 
     first = min(life.queued_at for life in lifetimes)
     [(last,)] = pg.execute("SELECT max(completed_at) FROM generations")
     seconds = (last - first).total_seconds()
-    result = RunResult(workers, args.rows / seconds, seconds, wall, usage,
+    result = RunResult(workers, follow, args.rows / seconds, seconds, wall, usage,
                        peak_in_flight=peak.count)
     own_queries += 4
     if log.path is not None:
@@ -285,17 +303,17 @@ def one_run(number: int, workers: int, args: argparse.Namespace, env: dict[str, 
 # -- the report --------------------------------------------------------------------------------
 
 
-def report(results: dict[int, list[RunResult]], args: argparse.Namespace,
+def report(results: dict[tuple[int, str], list[RunResult]], args: argparse.Namespace,
            log: PgLog) -> None:
     ideal = args.cap / args.latency
     print(f"\nIssue 19, the worker — {machine()}")
     print(f"{args.rows} rows, emulator latency L = {args.latency:g} s (queue fraction "
           f"{args.queue_fraction:g}), cap C = FAL_MAX_CONCURRENT = {args.cap}, PostgreSQL, "
           f"storage {args.storage}; ideal C / L = {ideal:.2f} generations/s\n")
-    print(f"{'workers':>7} {'--conc.':>7} {'gen/s':>7} {'x ideal':>8} {'target':>7} "
+    print(f"{'workers':>7} {'follow':>7} {'--conc.':>7} {'gen/s':>7} {'x ideal':>8} {'target':>7} "
           f"{'window s':>9} {'wall s':>7} {'CPU s/worker':>13} {'peak RSS MB':>12} "
           f"{'stmts/gen':>10} {'xacts/gen':>10} {'peak at fal':>12} {'n':>3}")
-    for workers, runs in results.items():
+    for (workers, follow), runs in results.items():
         if not runs:
             continue
         rate = statistics.median(r.throughput for r in runs)
@@ -304,7 +322,8 @@ def report(results: dict[int, list[RunResult]], args: argparse.Namespace,
         per_gen = args.rows
         stmts = [r.statements / per_gen for r in runs if r.statements is not None]
         tx = statistics.median(r.transactions / per_gen for r in runs)
-        print(f"{workers:>7} {concurrency_of(workers, args):>7} {rate:>7.2f} {rate / ideal:>7.3f}x "
+        print(f"{workers:>7} {follow:>7} {concurrency_of(workers, args):>7} {rate:>7.2f} "
+              f"{rate / ideal:>7.3f}x "
               f"{verdict(rate >= TARGET * ideal):>7} "
               f"{statistics.median(r.seconds for r in runs):>9.2f} "
               f"{statistics.median(r.wall for r in runs):>7.2f} "
@@ -326,11 +345,11 @@ def report(results: dict[int, list[RunResult]], args: argparse.Namespace,
     print("CPU s and peak RSS: per worker process (wait4 rusage, start-up and shutdown "
           "included), median and max over the runs' workers")
     if args.by_statement and log.path is not None:
-        for workers, runs in results.items():
+        for (workers, follow), runs in results.items():
             shapes: Counter[str] = Counter()
             for run in runs:
                 shapes.update(run.shapes)
-            print(f"\nW={workers}: statements per generation, by statement")
+            print(f"\nW={workers}, {follow}: statements per generation, by statement")
             for text, count in shapes.most_common(12):
                 print(f"  {count / (args.rows * len(runs)):6.2f}  {text}")
 
@@ -349,6 +368,9 @@ def main() -> int:
     parser.add_argument("--grace", type=float, default=30.0,
                         help="seconds a worker has to exit after SIGTERM")
     parser.add_argument("--storage", choices=("local", "s3"), default="local")
+    parser.add_argument("--follow", default="stream",
+                        help="how workers learn a request ended: stream, webhook or both "
+                        "(stream,webhook), side by side")
     parser.add_argument("--dsn", default=DEFAULT_DSN)
     parser.add_argument("--by-statement", action="store_true",
                         help="also list the statements sent per generation, most frequent first")
@@ -356,6 +378,9 @@ def main() -> int:
                         help="PostgreSQL's log file (default: /var/log/postgresql's newest)")
     args = parser.parse_args()
     levels = [int(n) for n in args.workers.split(",")]
+    follows = [mode.strip() for mode in args.follow.split(",") if mode.strip()]
+    if not follows or set(follows) - {"stream", "webhook"}:
+        parser.error(f"--follow takes stream and/or webhook, not {args.follow!r}")
 
     name = f"imagen4ctl_bench_worker_{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix="imagen4ctl-worker-bench-") as tmp, \
@@ -365,7 +390,8 @@ def main() -> int:
         (folder / "work").mkdir()
         env = bench_env(**emulator.env(), FAL_KEY=KEY, HOME=str(folder / "work"),
                         DATABASE_URL=url, IMAGES_DIR=str(folder / "images"),
-                        FAL_MAX_CONCURRENT=str(args.cap))
+                        FAL_MAX_CONCURRENT=str(args.cap),
+                        FAL_WEBHOOK_JWKS_URL=emulator.jwks_url)
         server = start_bucket(folder, env) if args.storage == "s3" else None
         try:
             run_measured(cli("db", "upgrade"), env=env, cwd=folder / "work")
@@ -381,16 +407,18 @@ def main() -> int:
                     except Exception as e:  # noqa: BLE001 - fall back, and say so
                         print(f"statements not counted ({type(e).__name__}: {e})")
                         log.path = None
-                results: dict[int, list[RunResult]] = {n: [] for n in levels}
+                results: dict[tuple[int, str], list[RunResult]] = {
+                    (n, follow): [] for n in levels for follow in follows}
                 plan = []
                 for _ in range(args.rounds):
-                    this = list(levels)
+                    this = list(results)
                     random.shuffle(this)
                     plan += this
-                for number, workers in enumerate(plan):
-                    result = one_run(number, workers, args, env, emulator, pg, log, folder)
-                    results[workers].append(result)
-                    print(f"  W={workers}: {result.throughput:6.2f} gen/s over "
+                for number, (workers, follow) in enumerate(plan):
+                    result = one_run(number, workers, follow, args, env, emulator, pg, log,
+                                     folder)
+                    results[workers, follow].append(result)
+                    print(f"  W={workers} {follow}: {result.throughput:6.2f} gen/s over "
                           f"{result.seconds:6.2f} s (wall {result.wall:6.2f} s), CPU "
                           + ", ".join(f"{u.cpu_seconds:.1f}" for u in result.usage)
                           + " s, peak RSS " + ", ".join(f"{u.peak_rss_mb:.0f}"

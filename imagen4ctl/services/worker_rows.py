@@ -286,7 +286,10 @@ class WorkerRows:
                 generations.mark_answered(self.database, task.row.id, owner=self.token,
                                           now=utcnow())
             except Imagen4ctlError:
-                pass  # it keeps counting against the cap until the row ends: safe
+                return  # it keeps counting against the cap until the row ends: safe
+            # The fleet's count has just dropped: claim now. (The place was given back before
+            # this commit, and a pass woken then may still have found the fleet full.)
+            self.worker.wake.set()
 
     def _submitted(self, task: Task, outcome: Outcome) -> None:
         worker = self.worker
