@@ -123,9 +123,8 @@ class Recovery:
             item.unsendable = e.message
         except (TypeError, ValueError) as e:
             item.unsendable = f"the row's params cannot be sent: {e}"
-        held = row.claimed_by and row.claimed_at and not claim_is_dead(row.claimed_by) and (
-            now - row.claimed_at < self.stale_after)
-        if held and row.claimed_by != self.token:
+        if row.claimed_by != self.token and \
+                row.held_by_live_claim(now, self.stale_after, claim_is_dead):
             item.action, item.error = "skip", "held by another run"
         return item
 

@@ -193,9 +193,9 @@ class WebhookInbox:
             return None
         if row.claimed_by == self.owner:
             return "mine"
-        stale = row.claimed_at is None or row.claimed_at < utcnow() - timedelta(
-            seconds=self.claim_timeout)
-        return None if stale or self.is_dead(row.claimed_by) else "other"
+        live = row.held_by_live_claim(utcnow(), timedelta(seconds=self.claim_timeout),
+                                      self.is_dead)
+        return "other" if live else None
 
     def _keep(self, request_id: str, status: FalStatus) -> None:
         now = time.monotonic()

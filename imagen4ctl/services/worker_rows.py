@@ -90,9 +90,11 @@ class WorkerRows:
             return sum(1 for t in self._tasks.values() if t.at_fal)
 
     def left_fal(self, task: Task) -> None:
+        """fal has answered (or the run stopped waiting). No pass yet: the row counts against
+        the fleet's cap until its answer is recorded (`_progress`) or it ends (`_run`), and
+        each of those wakes the loop."""
         with self._lock:
             task.at_fal = False
-        self.worker.wake.set()
 
     def _room(self) -> tuple[int, int]:
         """(new submissions, new rows) this worker can take now."""
@@ -287,9 +289,7 @@ class WorkerRows:
                                           now=utcnow())
             except Imagen4ctlError:
                 return  # it keeps counting against the cap until the row ends: safe
-            # The fleet's count has just dropped: claim now. (The place was given back before
-            # this commit, and a pass woken then may still have found the fleet full.)
-            self.worker.wake.set()
+            self.worker.wake.set()  # the fleet's count has just dropped: claim now
 
     def _submitted(self, task: Task, outcome: Outcome) -> None:
         worker = self.worker

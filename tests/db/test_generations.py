@@ -129,6 +129,34 @@ def test_a_claim_holds_the_row_until_released(migrated_db: str) -> None:
     db.dispose()
 
 
+def test_a_live_claim_is_read_as_the_claim_statements_take_it(migrated_db: str) -> None:
+    """Recovery and the webhooks decide from a row already read whether a live run holds it;
+    they must agree with `claim`, which decides in SQL, at the timeout's very edge too."""
+    db = Database(migrated_db)
+    now = datetime.now(UTC).replace(microsecond=0)
+    timeout = timedelta(seconds=60)
+    for renewed, owner_dead, held in [(now - timeout, False, True),
+                                      (now - timeout - timedelta(seconds=1), False, False),
+                                      (now, True, False)]:
+        [row_id] = generations.insert_many(db, [NewGeneration("8", "imagen4", "p", "1:1")])
+        assert generations.claim(db, row_id, owner=OTHER, status="PENDING", fal_request_id=None,
+                                 submit_marked=False, now=renewed, stale_before=renewed,
+                                 is_dead=lambda _owner: False)
+        row = generations.get(db, row_id)
+        assert row is not None and row.claimed_at == renewed
+
+        def is_dead(owner: str | None, dead: bool = owner_dead) -> bool:
+            return dead
+
+        assert row.held_by_live_claim(now, timeout, is_dead) is held
+        taken = generations.claim(db, row_id, owner=OWNER, status="PENDING",
+                                  fal_request_id=None, submit_marked=False, now=now,
+                                  stale_before=now - timeout, is_dead=is_dead)
+        assert taken is not held
+    assert not GenerationRow(1).held_by_live_claim(now, timeout, lambda _owner: False)
+    db.dispose()
+
+
 # --- the worker fleet's statements (claims.py) ---
 
 OWNER, OTHER = "here:1:aaaa", "there:2:bbbb"

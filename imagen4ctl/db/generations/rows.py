@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from imagen4ctl.db.values import IN_FLIGHT, PENDING, as_utc
@@ -46,6 +46,14 @@ class GenerationRow:
     claimed_by: str | None = None
     claimed_at: datetime | None = None
     read_at: datetime | None = field(default=None, compare=False)
+
+    def held_by_live_claim(self, now: datetime, stale_after: timedelta,
+                           is_dead: Callable[[str], bool]) -> bool:
+        """Claimed, renewed `stale_after` or less before `now`, by an owner `is_dead` does
+        not call gone: what the claim statements (claims.py) will not take from it."""
+        if self.claimed_by is None or self.claimed_at is None:
+            return False
+        return self.claimed_at >= now - stale_after and not is_dead(self.claimed_by)
 
     @property
     def age_seconds(self) -> int:
