@@ -115,7 +115,7 @@ def test_a_stream_silent_past_the_deadline_ends_by_it_and_leaves_the_row_running
     outcome = generate(make_service, "never ends [fault:run=hang]", seconds=1.0)
     assert outcome.status == "PROCESSING"
     assert outcome.error == "still running at fal after 1s"
-    assert outcome.seconds < 1.5
+    assert outcome.seconds < 3.0  # by the 1 s deadline, not fal's 15 s keep-alive
     assert calls(fal_emulator, outcome) == {"submit": 1, "stream": 1}
 
 
