@@ -118,7 +118,8 @@ class WriterPool:
             try:
                 yield writer
             except BaseException:
-                writer.connection.rollback()
+                if not getattr(writer.connection, "closed", 0):  # gone: nothing to roll back
+                    writer.connection.rollback()
                 raise
             writer.connection.commit()
         except self._error as e:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -136,19 +137,63 @@ def test_a_pooled_connection_is_reused_without_a_check_first(
     db.dispose()
 
 
+def _terminate(db: Database, pid: int) -> None:
+    """End backend `pid` from another connection, and wait until it is gone."""
+    import psycopg2
+
+    killer = psycopg2.connect(**db.location.libpq_params())
+    killer.autocommit = True
+    try:
+        with killer.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            for _ in range(100):
+                cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,))
+                if cursor.fetchone() == (0,):
+                    return
+                time.sleep(0.02)
+    finally:
+        killer.close()
+    raise AssertionError(f"backend {pid} did not end")
+
+
 def test_a_connection_dropped_inside_a_transaction_writes_nothing(migrated_db: str) -> None:
     if migrated_db.startswith("sqlite"):
         pytest.skip("PostgreSQL only: a SQLite file has no server to drop a connection")
     db = Database(migrated_db)
+    with db.write() as writer:  # the pool now holds a connection: the next one is reused
+        writer.value("SELECT 1")
     insert = ("INSERT INTO generations (user_id, kind, status, prompt, created_at, updated_at) "
               "VALUES ('u', 'imagen4', 'PENDING', 'p', :t, :t)")
     with pytest.raises(DatabaseError), db.write() as writer:
         writer.execute(insert, t=datetime.now(UTC))
+        _terminate(db, writer.value("SELECT pg_backend_pid()"))
         # Only a transaction's first statement runs again on a new connection: after it,
         # what the dropped one did is lost, and the transaction fails as a whole.
-        writer.value("SELECT pg_terminate_backend(pg_backend_pid())")
+        writer.value("SELECT count(*) FROM generations")
     with db.write() as writer:
         assert writer.value("SELECT count(*) FROM generations") == 0
+    db.dispose()
+
+
+def test_a_dropped_connection_and_a_database_that_is_gone_say_so(
+        migrated_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if migrated_db.startswith("sqlite"):
+        pytest.skip("PostgreSQL only: a SQLite file has no server to drop a connection")
+    import psycopg2
+
+    db = Database(migrated_db)
+    with db.write() as writer:
+        pid = writer.value("SELECT pg_backend_pid()")
+    _terminate(db, pid)
+
+    def refused(_pool: Any) -> Any:
+        raise psycopg2.OperationalError("connection to server failed: Connection refused")
+
+    monkeypatch.setattr(writer_module.WriterPool, "_connect", refused)
+    with pytest.raises(DatabaseError) as caught, db.write() as writer:
+        writer.value("SELECT 1")
+    assert "Connection refused" in str(caught.value)
+    assert "already closed" not in str(caught.value)
     db.dispose()
 
 
