@@ -46,6 +46,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
@@ -162,11 +163,14 @@ class WebhookSender:
                 return
             self._running = True
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fal-webhook")
-        # One client for the sender threads: a new connection for every delivery all the same
-        # (none kept alive, as a webhook sender does), without building a TLS context for
-        # each, which costs tens of milliseconds of this process's time, not fal's.
-        self._client = httpx.Client(timeout=DELIVERY_TIMEOUT, follow_redirects=False,
-                                    limits=httpx.Limits(max_keepalive_connections=0))
+        # One client for the sender threads, without building a TLS context for each
+        # delivery (tens of milliseconds of this process's time, not fal's), and otherwise as
+        # a client per delivery was: a new connection each (none kept alive), no cookie kept
+        # from one answer for the next delivery.
+        self._client = httpx.Client(
+            timeout=DELIVERY_TIMEOUT, follow_redirects=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])))
         self._thread = threading.Thread(target=self._loop, name="fal-webhooks", daemon=True)
         self._thread.start()
 
@@ -180,9 +184,9 @@ class WebhookSender:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        # Not closed under a delivery still on its way: that one ends as it would have; the
+        # client, with no connection kept alive, holds nothing once they have.
+        self._client = None
 
     # -- deliveries --------------------------------------------------------------------
 
@@ -266,8 +270,6 @@ class WebhookSender:
             return None
         try:
             response = client.post(pending.url, content=body, headers=headers)
-        except RuntimeError:  # closed by stop() during the delivery
-            return None
         except httpx.HTTPError:
             self._note(pending, None, forged=forged)
             return None

@@ -43,6 +43,7 @@ class Receiver:
     answers: list[int] = field(default_factory=lambda: [200])
     got: list[Received] = field(default_factory=list)
     url: str = ""
+    cookie: str | None = None  # a Set-Cookie header for every answer
 
     def wait_for(self, count: int, within: float = 10.0) -> list[Received]:
         deadline = time.monotonic() + within
@@ -64,6 +65,8 @@ def receiver(fal_emulator: FalEmulator) -> Iterator[Receiver]:
             found.got.append(Received(dict(self.headers.items()), body, state))
             status = found.answers[min(len(found.got), len(found.answers)) - 1]
             self.send_response(status)
+            if found.cookie is not None:
+                self.send_header("Set-Cookie", found.cookie)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -102,6 +105,16 @@ def test_a_finished_request_is_posted_signed_to_its_webhook(
     assert body["payload"] == fal_sync_client.get_handle(MODEL, request_id).get()
     time.sleep(0.2)
     assert len(receiver.got) == 1  # taken at once: not delivered again
+
+
+def test_a_cookie_a_receiver_sets_is_never_sent_back(
+        fal_sync_client: fal_client.SyncClient, receiver: Receiver) -> None:
+    receiver.cookie = "session=receiver-state; Path=/"
+    submit(fal_sync_client, receiver.url, prompt="first")
+    receiver.wait_for(1)
+    submit(fal_sync_client, receiver.url, prompt="second")
+    deliveries = receiver.wait_for(2)
+    assert [{k.lower() for k in d.headers} & {"cookie"} for d in deliveries] == [set(), set()]
 
 
 def test_a_model_error_is_posted_as_error(fal_sync_client: fal_client.SyncClient,
