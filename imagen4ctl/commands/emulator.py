@@ -8,12 +8,15 @@ import threading
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from imagen4ctl.errors import UsageError
 from imagen4ctl.output import err_console
+
+if TYPE_CHECKING:
+    from imagen4ctl.emulator.webhooks import WebhookSender
 
 
 class WebhookFault(StrEnum):
@@ -26,6 +29,15 @@ class WebhookFault(StrEnum):
     unsigned = "unsigned"
     key = "key"
     payload_error = "payload-error"
+
+
+def webhook_knobs(webhooks: WebhookSender, fault: WebhookFault | None, retry_scale: float) -> None:
+    """Set the sender's knobs as --webhook-fault and --webhook-retry-scale say."""
+    webhooks.drop = fault is WebhookFault.drop
+    webhooks.payload_error = fault is WebhookFault.payload_error
+    webhooks.forge = None if fault in (None, WebhookFault.drop, WebhookFault.payload_error) \
+        else str(fault)
+    webhooks.time_scale = retry_scale
 
 
 def emulator(
@@ -95,13 +107,7 @@ def emulator(
     server = FalEmulator(latency=latency, accepted_keys=key or None, faults=faults, host=host,
                          port=port, cert_dir=cert_dir, locked_keys=locked_key or (),
                          balance=balance)
-    if webhook_fault is WebhookFault.drop:
-        server.webhooks.drop = True
-    elif webhook_fault is WebhookFault.payload_error:
-        server.webhooks.payload_error = True
-    elif webhook_fault is not None:
-        server.webhooks.forge = webhook_fault.value
-    server.webhooks.time_scale = webhook_retry_scale
+    webhook_knobs(server.webhooks, webhook_fault, webhook_retry_scale)
     try:
         server.start()
     except OSError as e:

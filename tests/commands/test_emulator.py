@@ -23,7 +23,8 @@ import typer
 from typer.testing import CliRunner
 
 from imagen4ctl.adapters.fal_webhook import WebhookRejected, WebhookVerifier
-from imagen4ctl.commands.emulator import emulator
+from imagen4ctl.commands.emulator import WebhookFault, emulator, webhook_knobs
+from imagen4ctl.emulator.webhooks import WebhookSender
 from imagen4ctl.errors import UsageError
 from tests.conftest import interruptible
 from tests.emulator._helpers import MODEL, auth, png_size
@@ -158,6 +159,22 @@ def test_a_webhook_fault_breaks_every_delivery(tmp_path: Path, monkeypatch: pyte
         monkeypatch.setenv("SSL_CERT_FILE", env["SSL_CERT_FILE"])
         with pytest.raises(WebhookRejected, match=refusal):
             WebhookVerifier(env["FAL_WEBHOOK_JWKS_URL"]).verify(headers, body)
+
+
+@pytest.mark.parametrize(("fault", "knobs"), [
+    (None, (False, False, None)),
+    ("drop", (True, False, None)),
+    ("payload-error", (False, True, None)),
+    *[(forged, (False, False, forged))
+      for forged in ("signature", "body", "stale", "unsigned", "key")],
+])
+def test_each_webhook_fault_sets_the_emulators_knob(
+        fault: str | None, knobs: tuple[bool, bool, str | None]) -> None:
+    """The knobs' effects are tested in tests/emulator/test_webhooks.py."""
+    sender = WebhookSender()
+    webhook_knobs(sender, None if fault is None else WebhookFault(fault), 0.001)
+    assert (sender.drop, sender.payload_error, sender.forge) == knobs
+    assert sender.time_scale == 0.001
 
 
 def test_an_unknown_webhook_fault_is_a_usage_error() -> None:

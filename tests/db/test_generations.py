@@ -154,6 +154,14 @@ def test_a_live_claim_is_read_as_the_claim_statements_take_it(migrated_db: str) 
                                   stale_before=now - timeout, is_dead=is_dead)
         assert taken is not held
     assert not GenerationRow(1).held_by_live_claim(now, timeout, lambda _owner: False)
+    # A claim with no date (no statement of ours writes one) is held, as in SQL.
+    insert_rows(migrated_db, [bot_row("8", "imagen4", "PENDING", claimed_by=OTHER)])
+    undated = generations.get(db, 4)
+    assert undated is not None and (undated.claimed_by, undated.claimed_at) == (OTHER, None)
+    assert undated.held_by_live_claim(now, timeout, lambda _owner: False)
+    assert not generations.claim(db, 4, owner=OWNER, status="PENDING", fal_request_id=None,
+                                 submit_marked=False, now=now, stale_before=now - timeout,
+                                 is_dead=lambda _owner: False)
     db.dispose()
 
 

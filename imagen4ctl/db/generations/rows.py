@@ -49,11 +49,12 @@ class GenerationRow:
 
     def held_by_live_claim(self, now: datetime, stale_after: timedelta,
                            is_dead: Callable[[str], bool]) -> bool:
-        """Claimed, renewed `stale_after` or less before `now`, by an owner `is_dead` does
-        not call gone: what the claim statements (claims.py) will not take from it."""
-        if self.claimed_by is None or self.claimed_at is None:
+        """Claimed, by an owner `is_dead` does not call gone, and not renewed longer than
+        `stale_after` before `now` (or never dated): what the claim statements (claims.py)
+        will not take from it."""
+        if self.claimed_by is None or is_dead(self.claimed_by):
             return False
-        return self.claimed_at >= now - stale_after and not is_dead(self.claimed_by)
+        return self.claimed_at is None or self.claimed_at >= now - stale_after
 
     @property
     def age_seconds(self) -> int:
