@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import signal
 import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -27,7 +23,7 @@ from imagen4ctl.commands.emulator import WebhookFault, emulator, webhook_knobs
 from imagen4ctl.emulator.webhooks import WebhookSender
 from imagen4ctl.errors import UsageError
 from tests.conftest import interruptible
-from tests.emulator._helpers import MODEL, auth, png_size
+from tests.emulator._helpers import MODEL, Received, Receiver, auth, png_size, receiving
 
 
 def _app() -> typer.Typer:
@@ -79,49 +75,20 @@ def serving(tmp_path: Path, *args: str) -> Iterator[dict[str, str]]:
     assert "stopped" in stderr
 
 
-@contextmanager
-def webhook_receiver() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
-    """A plain-http receiver: its URL, and the (headers, body) of each delivery."""
-    got: list[tuple[dict[str, str], bytes]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            got.append((dict(self.headers.items()),
-                        self.rfile.read(int(self.headers.get("Content-Length") or 0))))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hook", got
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def delivered(env: dict[str, str], webhook: str,
-              got: list[tuple[dict[str, str], bytes]]) -> tuple[dict[str, str], bytes]:
-    """Submit one request with `webhook` to the emulator at `env`; its one delivery."""
+def delivered(env: dict[str, str], receiver: Receiver) -> Received:
+    """Submit one request to the emulator at `env`, with `receiver` as its webhook; its one
+    delivery."""
     tls = ssl.create_default_context(cafile=env["SSL_CERT_FILE"])
     with httpx.Client(verify=tls, timeout=10) as client:
         client.post(f"https://{env['FAL_QUEUE_RUN_HOST']}/{MODEL}",
-                    params={"fal_webhook": webhook}, json={"prompt": "a kite"},
+                    params={"fal_webhook": receiver.url}, json={"prompt": "a kite"},
                     headers=auth("cli-key")).raise_for_status()
-    deadline = time.monotonic() + 10
-    while not got:
-        assert time.monotonic() < deadline, "no webhook delivery"
-        time.sleep(0.02)
-    return got[0]
+    return receiver.wait_for(1)[0]
 
 
 def test_the_command_serves_until_interrupted(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    with serving(tmp_path) as env, webhook_receiver() as (webhook, got):
+    with serving(tmp_path) as env, receiving() as receiver:
         assert set(env) == {"FAL_RUN_HOST", "FAL_QUEUE_RUN_HOST", "SSL_CERT_FILE",
                             "FAL_PLATFORM_API_URL", "FAL_WEBHOOK_JWKS_URL"}
         assert env["SSL_CERT_FILE"] == str(tmp_path / "ca.pem")
@@ -141,10 +108,10 @@ def test_the_command_serves_until_interrupted(tmp_path: Path,
             assert png_size(image.content) == (1024, 1024)
 
         # What a worker with --webhook-url needs: deliveries signed by the exported keys.
-        headers, body = delivered(env, webhook, got)
+        delivery = delivered(env, receiver)
         monkeypatch.setenv("SSL_CERT_FILE", env["SSL_CERT_FILE"])
-        WebhookVerifier(env["FAL_WEBHOOK_JWKS_URL"]).verify(headers, body)
-        assert json.loads(body)["status"] == "OK"
+        WebhookVerifier(env["FAL_WEBHOOK_JWKS_URL"]).verify(delivery.headers, delivery.body)
+        assert delivery.json()["status"] == "OK"
 
 
 @pytest.mark.parametrize(("fault", "refusal"), [
@@ -153,12 +120,11 @@ def test_the_command_serves_until_interrupted(tmp_path: Path,
 ])
 def test_a_webhook_fault_breaks_every_delivery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               fault: str, refusal: str) -> None:
-    with serving(tmp_path, "--webhook-fault", fault) as env, \
-            webhook_receiver() as (webhook, got):
-        headers, body = delivered(env, webhook, got)
+    with serving(tmp_path, "--webhook-fault", fault) as env, receiving() as receiver:
+        delivery = delivered(env, receiver)
         monkeypatch.setenv("SSL_CERT_FILE", env["SSL_CERT_FILE"])
         with pytest.raises(WebhookRejected, match=refusal):
-            WebhookVerifier(env["FAL_WEBHOOK_JWKS_URL"]).verify(headers, body)
+            WebhookVerifier(env["FAL_WEBHOOK_JWKS_URL"]).verify(delivery.headers, delivery.body)
 
 
 @pytest.mark.parametrize(("fault", "knobs"), [

@@ -4,12 +4,8 @@ publishes, and delivered again, like fal, while the receiver does not take it.""
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import fal_client
@@ -20,66 +16,15 @@ from imagen4ctl.adapters.fal_webhook import WebhookRejected, WebhookVerifier
 from imagen4ctl.emulator import FalEmulator
 from imagen4ctl.emulator.server import CANCELLED_MESSAGE
 from imagen4ctl.emulator.webhooks import JWKS_PATH, PAYLOAD_ERROR, RETRY_DELAYS
-from tests.emulator._helpers import MODEL
+from tests.emulator._helpers import MODEL, Receiver, receiving
 from tests.reliability._workers import free_port
-
-
-@dataclass
-class Received:
-    headers: dict[str, str]
-    body: bytes
-    state: str | None  # the request's state at the emulator when the delivery came
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass
-class Receiver:
-    """A webhook receiver on plain http: records each delivery, answers from `answers`
-    (the last one for ever after)."""
-
-    emulator: FalEmulator
-    answers: list[int] = field(default_factory=lambda: [200])
-    got: list[Received] = field(default_factory=list)
-    url: str = ""
-    cookie: str | None = None  # a Set-Cookie header for every answer
-
-    def wait_for(self, count: int, within: float = 10.0) -> list[Received]:
-        deadline = time.monotonic() + within
-        while len(self.got) < count:
-            assert time.monotonic() < deadline, f"{len(self.got)} deliveries, not {count}"
-            time.sleep(0.02)
-        return self.got
 
 
 @pytest.fixture
 def receiver(fal_emulator: FalEmulator) -> Iterator[Receiver]:
-    found = Receiver(fal_emulator)
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            data = json.loads(body) if body.startswith(b"{") else {}
-            state = found.emulator.state(data.get("request_id", ""))
-            found.got.append(Received(dict(self.headers.items()), body, state))
-            status = found.answers[min(len(found.got), len(found.answers)) - 1]
-            self.send_response(status)
-            if found.cookie is not None:
-                self.send_header("Set-Cookie", found.cookie)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    found.url = f"http://127.0.0.1:{server.server_address[1]}/fal/webhook"
-    fal_emulator.webhooks.time_scale = 0.001
-    yield found
-    server.shutdown()
-    server.server_close()
+    with receiving(fal_emulator) as found:
+        fal_emulator.webhooks.time_scale = 0.001
+        yield found
 
 
 def submit(client: fal_client.SyncClient, url: str, prompt: str = "a lighthouse",
