@@ -13,6 +13,7 @@ import pytest
 
 from tests.commands.test_generate import KEY
 from tests.factories import incident_rows, insert_rows, sql
+from tests.reliability._workers import migrated_schema
 
 
 def spawn(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
@@ -23,17 +24,8 @@ def spawn(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
 
 @pytest.fixture
 def pg_env(pg_database: str, s3_env: dict[str, str], fal_emulator: Any) -> dict[str, str]:
-    from imagen4ctl.db.migrate import upgrade
-    from imagen4ctl.db.session import Database
-
-    url = pg_database
-    schema = f"par_{os.getpid()}_{time.monotonic_ns() % 10**8}"
-    sql(url, f"CREATE SCHEMA {schema}")
-    scoped = f"{url}?options=-csearch_path%3D{schema}"
-    db = Database(scoped)
-    upgrade(db)
-    db.dispose()
-    return {**s3_env, "DATABASE_URL": scoped, "FAL_KEY": KEY, "COLUMNS": "200"}
+    return {**s3_env, "DATABASE_URL": migrated_schema(pg_database, "par"), "FAL_KEY": KEY,
+            "COLUMNS": "200"}
 
 
 def test_four_parallel_runs_handle_each_row_once(pg_env: dict[str, str],
