@@ -152,3 +152,12 @@ def start_bucket(folder: Path, env: dict[str, str]) -> Any:
     env.update(MINIO_ENDPOINT=server.endpoint, MINIO_ACCESS_KEY=server.access_key,
                MINIO_SECRET_KEY=server.secret_key, MINIO_BUCKET="bench")
     return server
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -46,7 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from _common import compile_package, start_bucket
+from _common import compile_package, free_port, start_bucket
 from _perf import (
     KEY,
     LAUNCHER,
@@ -224,7 +224,6 @@ def main() -> int:
 def run_webhook(prompts: Path, n: str, env: dict[str, str], db: Path, work: Path,
                 fal_url: str) -> Run:
     """The prompts as rows the bot queued, drained by `worker --once` with fal's webhooks."""
-    import socket
     import sqlite3
     from contextlib import closing
 
@@ -235,9 +234,7 @@ def run_webhook(prompts: Path, n: str, env: dict[str, str], db: Path, work: Path
             "INSERT INTO generations (user_id, kind, status, prompt, aspect_ratio, created_at, "
             "updated_at) VALUES ('b', 'imagen4', 'PENDING', ?, '1:1', ?, ?)",
             [(line, now, now) for line in lines])
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
+    port = str(free_port())
     run = run_measured(cli("worker", "--once", "--concurrency", n, "--webhook-port", port,
                            "--webhook-url", f"http://127.0.0.1:{port}/fal/webhook"), cwd=work,
                        env={**env, "FAL_MAX_CONCURRENT": n,

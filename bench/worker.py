@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import DEFAULT_DSN, Pg, pg_connect, scratch_database, start_bucket
+from _common import DEFAULT_DSN, Pg, free_port, pg_connect, scratch_database, start_bucket
 from _perf import KEY, BenchError, bench_env, fal_emulator, machine, run_measured, verdict
 
 from imagen4ctl.endpoints import ENDPOINTS
@@ -82,14 +82,6 @@ def worker_command(concurrency: int, follow: str) -> list[str]:
         command += ["--webhook-port", port, "--webhook-url",
                     f"http://127.0.0.1:{port}/fal/webhook"]
     return command
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def concurrency_of(workers: int, args: argparse.Namespace) -> int:
