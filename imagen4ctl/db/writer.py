@@ -46,12 +46,11 @@ class Writer(Reader):
 
     def _run(self, sql: str, params: dict[str, Any], server_side: bool) -> Any:
         reconnect, self._reconnect = self._reconnect, None
-        if reconnect is None:
-            return super()._run(sql, params, server_side)
         try:
             return super()._run(sql, params, server_side)
         except Exception:
-            if not self.connection.closed:  # psycopg2: nonzero once the link is gone
+            # psycopg2's `closed` is nonzero once the link is gone
+            if reconnect is None or not self.connection.closed:
                 raise
         self.connection.close()
         self.connection = reconnect()
