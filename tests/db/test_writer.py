@@ -81,13 +81,7 @@ def test_a_pooled_connection_the_server_dropped_is_replaced(migrated_db: str) ->
         pid = writer.value("SELECT pg_backend_pid()")
     with db.write() as writer:
         assert writer.value("SELECT pg_backend_pid()") == pid  # kept open, reused
-    import psycopg2
-
-    killer = psycopg2.connect(**db.location.libpq_params())
-    killer.autocommit = True
-    with killer.cursor() as cursor:
-        cursor.execute("SELECT pg_terminate_backend(%s)", (pid,))
-    killer.close()
+    _terminate(db, pid)
     with db.write() as writer:
         assert writer.value("SELECT pg_backend_pid()") != pid
         assert writer.value("SELECT count(*) FROM generations") == 0
@@ -141,7 +135,7 @@ def _terminate(db: Database, pid: int) -> None:
     """End backend `pid` from another connection, and wait until it is gone."""
     import psycopg2
 
-    killer = psycopg2.connect(**db.location.libpq_params())
+    killer = psycopg2.connect(**{**db.location.libpq_params(), "dbname": "postgres"})
     killer.autocommit = True
     try:
         with killer.cursor() as cursor:
@@ -175,8 +169,7 @@ def test_a_connection_dropped_inside_a_transaction_writes_nothing(migrated_db: s
     db.dispose()
 
 
-def test_a_dropped_connection_and_a_database_that_is_gone_say_so(
-        migrated_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_dropped_connection_and_a_database_that_is_gone_say_so(migrated_db: str) -> None:
     if migrated_db.startswith("sqlite"):
         pytest.skip("PostgreSQL only: a SQLite file has no server to drop a connection")
     import psycopg2
@@ -184,15 +177,20 @@ def test_a_dropped_connection_and_a_database_that_is_gone_say_so(
     db = Database(migrated_db)
     with db.write() as writer:
         pid = writer.value("SELECT pg_backend_pid()")
-    _terminate(db, pid)
-
-    def refused(_pool: Any) -> Any:
-        raise psycopg2.OperationalError("connection to server failed: Connection refused")
-
-    monkeypatch.setattr(writer_module.WriterPool, "_connect", refused)
-    with pytest.raises(DatabaseError) as caught, db.write() as writer:
-        writer.value("SELECT 1")
-    assert "Connection refused" in str(caught.value)
+    name = db.location.libpq_params()["dbname"]
+    admin = psycopg2.connect(**{**db.location.libpq_params(), "dbname": "postgres"})
+    admin.autocommit = True
+    with admin.cursor() as cursor:  # the server refuses every new connection to it
+        cursor.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    try:
+        _terminate(db, pid)
+        with pytest.raises(DatabaseError) as caught, db.write() as writer:
+            writer.value("SELECT 1")
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        admin.close()
+    assert "not currently accepting connections" in str(caught.value)
     assert "already closed" not in str(caught.value)
     db.dispose()
 
